@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh clone: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+# onnxruntime-gpu only where a GPU answers; the two onnxruntime wheels must never share an environment.
+SERVE_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo serve-gpu || echo serve)
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: setup serve train test bench clean
+
+setup: $(VENV)/.installed-$(SERVE_EXTRA)
+
+$(VENV)/.installed-$(SERVE_EXTRA): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[train,$(SERVE_EXTRA),test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+train: setup
+	$(PY) -m training train $(ARGS)
+
+# Trains and promotes the default model only when artifacts/ has no current one, then serves it.
+serve: setup
+	$(PY) -m training train --if-no-current
+	$(PY) -m bentoml serve service.service:ImageClassifier --host 0.0.0.0 --port $(PORT)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.all
+
+clean:
+	rm -rf $(VENV) artifacts build

@@ -1,0 +1,1 @@
+"""HTTP serving (BentoML + ONNX Runtime) and batch inference jobs. Imports no torch."""

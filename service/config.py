@@ -1,0 +1,52 @@
+"""Service settings, from environment variables (documented in the README)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from imgcls.registry import default_root
+
+
+def _env(name: str, default, cast=str):
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else cast(raw)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str  # MODEL: current, a version, or a version folder; only "current" follows promotions
+    artifacts: Path  # ARTIFACTS_DIR
+    device: str  # DEVICE: auto | cuda | cpu
+    ort_threads: int  # ORT_THREADS: ONNX Runtime intra-op threads (0: one per core)
+    max_batch_size: int  # MAX_BATCH_SIZE: largest model batch the adaptive batcher forms
+    max_latency_ms: int  # MAX_LATENCY_MS: longest a request may wait in the batcher before a 503
+    max_body_bytes: int  # MAX_BODY_BYTES: request bodies over this get 413
+    max_pixels: int  # MAX_PIXELS: decoded images over this get 413 (decompression bombs)
+    max_batch_images: int  # MAX_BATCH_IMAGES: /classify_batch requests with more images get 413
+    max_queue: int  # MAX_QUEUE: images waiting for the model beyond this get 503 + Retry-After
+    poll_seconds: float  # MODEL_POLL_S: how often to look for a newly promoted model (0: never)
+    admin_token: str  # ADMIN_TOKEN: bearer token for POST /admin/reload (unset: endpoint disabled)
+    feedback_dir: Path  # FEEDBACK_DIR: where POST /feedback stores labelled images
+
+    @classmethod
+    def from_env(cls) -> "Config":
+        artifacts = Path(_env("ARTIFACTS_DIR", str(default_root())))
+        return cls(
+            model=_env("MODEL", "current"),
+            artifacts=artifacts,
+            device=_env("DEVICE", "auto"),
+            ort_threads=_env("ORT_THREADS", 0, int),
+            max_batch_size=_env("MAX_BATCH_SIZE", 32, int),
+            max_latency_ms=_env("MAX_LATENCY_MS", 10_000, int),
+            max_body_bytes=_env("MAX_BODY_BYTES", 10 * 1024 * 1024, int),
+            max_pixels=_env("MAX_PIXELS", 50_000_000, int),
+            max_batch_images=_env("MAX_BATCH_IMAGES", 64, int),
+            max_queue=_env("MAX_QUEUE", 256, int),
+            poll_seconds=_env("MODEL_POLL_S", 2.0, float),
+            admin_token=_env("ADMIN_TOKEN", ""),
+            feedback_dir=Path(_env("FEEDBACK_DIR", str(artifacts / "feedback"))),
+        )
+
+    def public(self) -> dict:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "admin_token"}

@@ -1,0 +1,1 @@
+"""Transfer learning: frozen ImageNet backbone + new head, evaluation, ONNX export, registry CLI."""

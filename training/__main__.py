@@ -1,0 +1,188 @@
+"""Command line: python -m training {train,evaluate,export,promote,list,show,retrain} --help"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from imgcls.registry import ModelError, Registry
+from training.data import DataError, create_dataset, default_data_dir
+from training.models import BACKBONES, WeightsError
+
+log = logging.getLogger("training")
+
+
+def _dataset(args: argparse.Namespace):
+    from training.train import limit_per_class
+
+    ds = create_dataset(args.data or default_data_dir())
+    ds = limit_per_class(ds, getattr(args, "limit_per_class", None))
+    log.info("data %s (%s): %s", ds.root, ds.layout, ds.counts())
+    return ds
+
+
+def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
+    if args.if_no_current and registry.current():
+        print(f"current model: {registry.current()} (not training; drop --if-no-current to train another)")
+        return 0
+    from training.fit import FitConfig
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(args.backbone, args.weights, args.random_init, args.unfreeze_last_block, args.aug_views,
+                      fit=FitConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
+    version, meta = train(_dataset(args), cfg, registry, cache_dir=registry.root / "cache" / "features")
+    promote = args.promote if args.promote is not None else registry.current() is None
+    if promote:
+        registry.promote(version, reason="train")
+    test = meta["metrics"]["test"]
+    print(f"{version}: test accuracy {test['accuracy']:.4f}, log-loss {test['log_loss']:.4f}, "
+          f"roc-auc {test['roc_auc']}, {test['n']} images; {meta['timings']['total_s']:.0f} s"
+          f"{'; promoted to current' if promote else ''}")
+    print(f"report: {registry.resolve(version) / 'report' / 'report.md'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
+    from training.evaluate import evaluate_onnx
+
+    model_dir = registry.resolve(args.model)
+    ds = _dataset(args)
+    result = evaluate_onnx(model_dir, ds.splits[args.split], ds.classes, device=args.device)
+    result["split"], result["data"] = args.split, ds.root
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['model']} on {ds.root} [{args.split}]: accuracy {result['accuracy']:.4f}, "
+              f"log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, n={result['n']}, "
+              f"misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
+        print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, registry: Registry) -> int:
+    previous = registry.current()
+    version = registry.promote(args.model, reason=args.reason)
+    print(f"current: {previous} -> {version}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
+    current = registry.current()
+    print(f"{'':2}{'version':40} {'backbone':20} {'test acc':>9} {'log-loss':>9}  data")
+    for v in registry.versions():
+        m = registry.metadata(v)
+        t = m.get("metrics", {}).get("test", {})
+        print(f"{'*' if v == current else ' '} {v:40} {m.get('backbone', '?'):20} {t.get('accuracy', float('nan')):9.4f}"
+              f" {t.get('log_loss', float('nan')):9.4f}  {m.get('data', {}).get('manifest_sha256', '')[:12]}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, registry: Registry) -> int:
+    meta = registry.metadata(args.model)
+    if not args.full:
+        meta.pop("history", None)
+        for split in meta.get("metrics", {}).values():
+            split.pop("misclassified", None)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, registry: Registry) -> int:
+    from training.checkpoint import export_version
+
+    info = export_version(registry.resolve(args.model), args.output, data=args.data)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, registry: Registry) -> int:
+    from training.retrain import retrain
+
+    report = retrain(registry, new_data=args.data, base=args.base, min_gain=args.min_gain,
+                     original_data=args.original_data, feedback=args.feedback, epochs=args.epochs,
+                     limit_per_class=args.limit_per_class)
+    print(report["summary"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("--artifacts", type=Path, default=None, help="registry folder (default: ./artifacts)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train, export, evaluate and register a model version")
+    p.add_argument("--data", help="data folder (default: $DATA_DIR or ../shared/data/catsdogs)")
+    p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
+    p.add_argument("--weights", type=Path, help="a local state_dict for the backbone instead of the official weights")
+    p.add_argument("--random-init", action="store_true", help="no pretrained weights (only when asked for)")
+    p.add_argument("--unfreeze-last-block", action="store_true", help="fine-tune the last stage at a lower lr")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--aug-views", type=int, default=2, help="augmented views per training image (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit-per-class", type=int, help="use at most N images per class and split (quick runs)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--promote", dest="promote", action="store_true", default=None,
+                   help="make it current (default: only when there is no current model)")
+    g.add_argument("--no-promote", dest="promote", action="store_false")
+    p.add_argument("--if-no-current", action="store_true", help="do nothing when a current model exists")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model version with ONNX Runtime on a data split")
+    p.add_argument("--model", default="current", help="current, a version, or a version folder / .onnx path")
+    p.add_argument("--data")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--limit-per-class", type=int)
+    p.add_argument("--json", action="store_true", help="print every metric as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="re-export a version's checkpoint to an ONNX file, with the parity check")
+    p.add_argument("--model", default="current")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--data", help="real images for the parity check (default: the default data)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("promote", help="point current at a version (rolling back is promoting an older one)")
+    p.add_argument("model")
+    p.add_argument("--reason", default="manual")
+    p.set_defaults(func=cmd_promote)
+
+    sub.add_parser("list", help="versions with their test metrics; * marks current").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="a version's metadata and metrics")
+    p.add_argument("model", nargs="?", default="current")
+    p.add_argument("--full", action="store_true", help="include training history and misclassified files")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("retrain", help="train a candidate on old + new data; promote it only if it is better")
+    p.add_argument("--data", required=True, help="new labelled data (class folders or split folders)")
+    p.add_argument("--base", default="current")
+    p.add_argument("--min-gain", type=float, default=0.0, help="accuracy gain the candidate needs over the base")
+    p.add_argument("--original-data", help="the base model's data (default: the default data)")
+    p.add_argument("--feedback", type=Path, help="feedback folder from the service (default: $FEEDBACK_DIR)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--limit-per-class", type=int)
+    p.set_defaults(func=cmd_retrain)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    registry = Registry(args.artifacts)
+    try:
+        with logging_redirect_tqdm():
+            return args.func(args, registry)
+    except (DataError, WeightsError, ModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

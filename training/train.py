@@ -1,0 +1,125 @@
+"""The training pipeline: data -> cached features -> head -> ONNX export -> evaluation -> registry version."""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
+from training.data import Dataset, Sample
+from imgcls.loader import preprocessed_batches
+from training.evaluate import evaluate_onnx
+from training.export import export_onnx, head_weights
+from training.features import FeatureExtractor
+from training.fit import FitConfig, fit
+from training.models import create_model
+from training.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = "efficientnet_lite0"
+    weights: Path | None = None
+    random_init: bool = False
+    unfreeze_last_block: bool = False
+    aug_views: int = 2  # augmented views per training image, besides the plain one
+    dropout: float = 0.2
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+def limit_per_class(ds: Dataset, n: int | None) -> Dataset:
+    """At most ``n`` files per class in each split (deterministic: the first by file name)."""
+    if not n:
+        return ds
+    splits = {}
+    for s, items in ds.splits.items():
+        kept: list[Sample] = []
+        for label in range(len(ds.classes)):
+            kept += sorted((x for x in items if x[1] == label), key=lambda x: x[0].name)[:n]
+        splits[s] = kept
+    return Dataset(ds.root, ds.layout, ds.classes, splits, ds.ignored)
+
+
+def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path | None = None,
+          parent: str | None = None) -> tuple[str, dict]:
+    """Train, export and evaluate a model on ``ds``; add it to ``registry`` as a new (unpromoted) version."""
+    for split in ("train", "val", "test"):
+        if not ds.splits.get(split):
+            raise ValueError(f"the {split} split of {ds.root} is empty")
+    torch.set_num_threads(os.cpu_count() or 1)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model = create_model(cfg.backbone, len(ds.classes), weights=cfg.weights, random_init=cfg.random_init,
+                         dropout=cfg.dropout, unfreeze_last_block=cfg.unfreeze_last_block)
+    # Scratch models train end to end on augmented images; their "features" are the images (not worth caching).
+    extractor = FeatureExtractor(model, None if cfg.backbone == "scratch" else cache_dir)
+    views = [extractor.extract(ds.splits["train"], v, "train features") for v in range(cfg.aug_views + 1)]
+    val = extractor.extract(ds.splits["val"], 0, "val features")
+    timings["features_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    history = fit(model, views, val, cfg.fit)
+    timings["fit_s"] = time.perf_counter() - t1
+
+    staging = registry.staging_dir()
+    try:
+        t2 = time.perf_counter()
+        check_paths = [p for p, _ in ds.splits["val"][:: max(1, len(ds.splits["val"]) // 16)]][:16]
+        check = np.concatenate([b for _, b, _ in preprocessed_batches(check_paths, model.preprocess) if b is not None])
+        export_info = export_onnx(model, staging / ONNX_FILE, check)
+        head = head_weights(model)
+        if head is not None:
+            np.savez(staging / HEAD_FILE, **head)
+        timings["export_s"] = time.perf_counter() - t2
+
+        version = new_version(cfg.backbone)
+        meta = {
+            "version": version,
+            "created_at": now_iso(),
+            "labels": ds.classes,
+            "preprocessing": model.preprocess.to_dict(),
+            "backbone": cfg.backbone,
+            "weights": model.weights_id,
+            "pretrained": cfg.backbone != "scratch" and not cfg.random_init,
+            "unfreeze_last_block": model.unfreeze_last_block,
+            "outputs": {"probabilities": "softmax over labels", "features": "last convolutional feature map"},
+            "data": {"root": ds.root, "layout": ds.layout, "manifest_sha256": ds.manifest_hash(),
+                     "counts": ds.counts()},
+            "training": {**asdict(cfg), "weights": str(cfg.weights) if cfg.weights else None,
+                         "epochs_run": len(history), "parent": parent,
+                         "torch": torch.__version__, "python": platform.python_version()},
+            "history": history,
+            "export": export_info,
+        }
+        t3 = time.perf_counter()
+        meta["metrics"] = {
+            "val": _summary(evaluate_onnx(staging, ds.splits["val"], ds.classes, device="cpu", meta=meta)),
+            "test": evaluate_onnx(staging, ds.splits["test"], ds.classes, device="cpu", meta=meta),
+        }
+        timings["evaluate_s"] = time.perf_counter() - t3
+        t4 = time.perf_counter()
+        cams = [next(p for p, l in ds.splits["test"] if l == k) for k in range(len(ds.classes))][:4]
+        write_report(staging / "report", meta, history, model, cams)
+        timings["report_s"] = time.perf_counter() - t4
+        timings["total_s"] = time.perf_counter() - t0
+        meta["timings"] = {k: round(v, 2) for k, v in timings.items()}
+        test = meta["metrics"]["test"]
+        log.info("%s: test accuracy %.4f, log-loss %.4f (%d images) in %.0f s", version, test["accuracy"],
+                 test["log_loss"], test["n"], timings["total_s"])
+        registry.add(staging, meta)
+    except BaseException:
+        registry.discard(staging)
+        raise
+    return version, meta
+
+
+def _summary(m: dict) -> dict:
+    return {k: m[k] for k in ("n", "accuracy", "log_loss", "roc_auc")}
