@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# Signatures of formats we read: data that starts like one but does not parse is corrupt, not "not an image".
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
 class ImageError(ValueError):
@@ -41,6 +43,8 @@ def decode_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError("too_many_pixels", f"image has too many pixels: {e}", 413) from e
     except UnidentifiedImageError as e:
+        if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise ImageError("corrupt", "the data starts like an image but its header is corrupt", 422) from e
         raise ImageError("not_an_image", "the data is not an image format we can read (JPEG, PNG, WebP, ...)", 415) from e
     except Exception as e:  # Pillow plugins raise assorted errors on malformed headers
         raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e

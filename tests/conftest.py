@@ -19,7 +19,7 @@ PY = sys.executable
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent: the licensed photos are read in place")
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1", **extra}
     env.pop("DATA_DIR", None) if "DATA_DIR" not in extra else None
     return env
@@ -28,7 +28,7 @@ def test_env(**extra: str) -> dict[str, str]:
 def run_cli(*args: str, artifacts: Path | None = None, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """``python -m training [--artifacts DIR] ARGS...`` as a user runs it."""
     cmd = [PY, "-m", "training", *(["--artifacts", str(artifacts)] if artifacts else []), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=test_env(**env), timeout=1200)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env(**env), timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -51,7 +51,7 @@ def serve(artifacts: Path, log_path: Path, ready: bool = True, **env: str) -> It
             [PY, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
              "--port", str(port)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=test_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1", **env),
+            env=child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1", **env),
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -104,7 +104,7 @@ def cmd_retrain(args: argparse.Namespace, registry: Registry) -> int:
 
     report = retrain(registry, new_data=args.data, base=args.base, min_gain=args.min_gain,
                      original_data=args.original_data, feedback=args.feedback, epochs=args.epochs,
-                     limit_per_class=args.limit_per_class)
+                     limit_per_class=args.limit_per_class, aug_views=args.aug_views)
     print(report["summary"])
     return 0
 
@@ -161,13 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("retrain", help="train a candidate on old + new data; promote it only if it is better")
-    p.add_argument("--data", required=True, help="new labelled data (class folders or split folders)")
-    p.add_argument("--base", default="current")
-    p.add_argument("--min-gain", type=float, default=0.0, help="accuracy gain the candidate needs over the base")
-    p.add_argument("--original-data", help="the base model's data (default: the default data)")
-    p.add_argument("--feedback", type=Path, help="feedback folder from the service (default: $FEEDBACK_DIR)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--limit-per-class", type=int)
+    p.add_argument("--data", required=True, action="append",
+                   help="new labelled data (class folders or split folders; its test split is trained on too); "
+                        "repeat for several folders")
+    p.add_argument("--base", default="current", help="the model to beat (default: current)")
+    p.add_argument("--min-gain", type=float, default=0.0,
+                   help="test accuracy the candidate needs over the base (equal accuracy: log-loss decides)")
+    p.add_argument("--original-data", help="the base model's data, whose test split both are compared on "
+                                           "(default: the data root in the base's metadata)")
+    p.add_argument("--feedback", type=Path,
+                   help="the service's feedback folder (default: $FEEDBACK_DIR, else <artifacts>/feedback)")
+    p.add_argument("--epochs", type=int, help="default: the base model's")
+    p.add_argument("--aug-views", type=int, help="augmented views per training image (default: the base model's)")
+    p.add_argument("--limit-per-class", type=int, help="at most N original and new images per class and split")
     p.set_defaults(func=cmd_retrain)
 
     args = parser.parse_args(argv)

@@ -1,7 +1,9 @@
 """ONNX export with a dynamic batch axis, in one file, checked against torch on real images."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -41,7 +43,8 @@ def export_onnx(model: ImageClassifier, path: Path, check_batch: np.ndarray, ops
     model = model.eval().to(memory_format=torch.contiguous_format)
     wrapper = _Exported(model).eval()
     example = torch.from_numpy(check_batch[:2])
-    with warnings.catch_warnings():
+    # torch.onnx prints progress to stdout; keep stdout for the CLI's own output.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), str(path), input_names=["input"], output_names=["probabilities", "features"],

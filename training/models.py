@@ -43,6 +43,7 @@ class ImageClassifier(nn.Module):
         self.head = head or nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.channels, num_classes))
         self.preprocess = backbone.preprocess
         self.weights_id = backbone.weights_id
+        self.pretrained = backbone.pretrained
         self.trainable_body = trainable_body
         self.unfreeze_last_block = unfreeze_last_block or trainable_body
         for module, trainable in ((self.body, trainable_body), (self.last, self.unfreeze_last_block)):

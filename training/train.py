@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
+from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from training.data import Dataset, Sample
 from imgcls.loader import preprocessed_batches
 from training.evaluate import evaluate_onnx
@@ -59,8 +60,8 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     t0 = time.perf_counter()
     model = create_model(cfg.backbone, len(ds.classes), weights=cfg.weights, random_init=cfg.random_init,
                          dropout=cfg.dropout, unfreeze_last_block=cfg.unfreeze_last_block)
-    # Scratch models train end to end on augmented images; their "features" are the images (not worth caching).
-    extractor = FeatureExtractor(model, None if cfg.backbone == "scratch" else cache_dir)
+    # Only fixed, known weights make features cacheable (random and scratch backbones differ every run).
+    extractor = FeatureExtractor(model, cache_dir if model.pretrained else None)
     views = [extractor.extract(ds.splits["train"], v, "train features") for v in range(cfg.aug_views + 1)]
     val = extractor.extract(ds.splits["val"], 0, "val features")
     timings["features_s"] = time.perf_counter() - t0
@@ -75,6 +76,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
         check_paths = [p for p, _ in ds.splits["val"][:: max(1, len(ds.splits["val"]) // 16)]][:16]
         check = np.concatenate([b for _, b, _ in preprocessed_batches(check_paths, model.preprocess) if b is not None])
         export_info = export_onnx(model, staging / ONNX_FILE, check)
+        save_checkpoint(model, staging / CHECKPOINT_FILE, pretrained=model.pretrained)
         head = head_weights(model)
         if head is not None:
             np.savez(staging / HEAD_FILE, **head)
@@ -88,7 +90,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
             "preprocessing": model.preprocess.to_dict(),
             "backbone": cfg.backbone,
             "weights": model.weights_id,
-            "pretrained": cfg.backbone != "scratch" and not cfg.random_init,
+            "pretrained": model.pretrained,
             "unfreeze_last_block": model.unfreeze_last_block,
             "outputs": {"probabilities": "softmax over labels", "features": "last convolutional feature map"},
             "data": {"root": ds.root, "layout": ds.layout, "manifest_sha256": ds.manifest_hash(),

@@ -1,0 +1,92 @@
+"""The registry: immutable versions with checksums, atomic promotion, rollback, clear errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from imgcls.registry import ModelError, Registry, verify
+
+
+def add_version(reg: Registry, name: str, payload: bytes = b"onnx-bytes") -> str:
+    staging = reg.staging_dir()
+    (staging / "model.onnx").write_bytes(payload)
+    return reg.add(staging, {"version": name, "labels": ["a", "b"], "metrics": {"test": {"accuracy": 0.9}}})
+
+
+def test_add_records_sha256_and_makes_files_read_only(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    v = add_version(reg, "v1")
+    meta = reg.metadata(v)
+    assert meta["files"]["model.onnx"] == hashlib.sha256(b"onnx-bytes").hexdigest()
+    assert (reg.resolve(v) / "model.onnx").stat().st_mode & 0o222 == 0
+    assert reg.versions() == ["v1"] and not list(tmp_path.glob(".staging-*"))
+
+
+def test_promote_moves_current_and_logs_history_and_rolls_back(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    add_version(reg, "v1")
+    add_version(reg, "v2", b"other")
+    assert reg.current() is None
+    with pytest.raises(ModelError, match="no model has been promoted"):
+        reg.resolve("current")
+    reg.promote("v1")
+    reg.promote("v2")
+    assert reg.current() == "v2" and reg.resolve("current").name == "v2"
+    reg.promote("v1", reason="rollback")
+    assert reg.current() == "v1"
+    log = [json.loads(line) for line in (tmp_path / "promotions.jsonl").read_text().splitlines()]
+    assert [(e["version"], e["previous"]) for e in log] == [("v1", None), ("v2", "v1"), ("v1", "v2")]
+
+
+def test_promote_refuses_a_tampered_version(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    add_version(reg, "v1")
+    reg.promote("v1")
+    add_version(reg, "v2")
+    onnx = reg.resolve("v2") / "model.onnx"
+    onnx.chmod(0o644)
+    onnx.write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="sha256"):
+        reg.promote("v2")
+    assert reg.current() == "v1"
+    with pytest.raises(ModelError, match="sha256"):
+        verify(reg.resolve("v2"))
+
+
+def test_unknown_versions_are_named_errors(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    add_version(reg, "v1")
+    with pytest.raises(ModelError, match="unknown model 'v9'.*v1"):
+        reg.promote("v9")
+
+
+def test_resolve_accepts_folders_and_onnx_paths(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    add_version(reg, "v1")
+    folder = reg.resolve("v1")
+    assert reg.resolve(str(folder)) == folder == reg.resolve(str(folder / "model.onnx"))
+
+
+def test_readers_never_see_a_torn_pointer(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    for v in ("v1", "v2"):
+        add_version(reg, v, v.encode())
+    reg.promote("v1")
+    seen: set[str | None] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add(reg.current())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(200):
+        reg.promote("v2" if i % 2 == 0 else "v1")
+    stop.set()
+    reader.join()
+    assert seen <= {"v1", "v2"}

@@ -1,0 +1,235 @@
+"""The real BentoML server on a free port, the real ONNX model, real photos: answers, errors, metrics, batching."""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from imgcls.registry import Registry
+from tests.conftest import DATA, PY, ROOT, needs_data, run_cli, serve, child_env
+
+pytestmark = needs_data
+TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="module")
+def server(trained: Path, tmp_path_factory) -> str:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    feedback = tmp_path_factory.mktemp("feedback")
+    with serve(trained, log, ADMIN_TOKEN=TOKEN, FEEDBACK_DIR=str(feedback)) as url:
+        yield url
+
+
+def photos(label: str, n: int) -> list[Path]:
+    return sorted((DATA / "test" / label).glob("*.jpg"))[-n:]  # the end of the list: unseen by the 150-per-class model
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample's values whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:{{(.*)}})? ([0-9.e+-]+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def test_classifies_real_photos(server: str) -> None:
+    cases = [(p, "cat") for p in photos("cat", 100)] + [(p, "dog") for p in photos("dog", 100)]
+
+    def classify(case: tuple[Path, str]) -> bool:
+        r = httpx.post(f"{server}/classify", files={"image": case[0].read_bytes()}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["label"] == case[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        correct = sum(pool.map(classify, cases))
+    assert correct >= 0.98 * len(cases), f"{correct}/{len(cases)}"
+
+
+def test_answer_shape_raw_body_and_top_k(server: str) -> None:
+    data = photos("dog", 1)[0].read_bytes()
+    full = httpx.post(f"{server}/classify", content=data, headers={"Content-Type": "image/jpeg"}).json()
+    assert full["label"] == "dog" and full["score"] == full["probabilities"][0]["score"]
+    assert [p["label"] for p in full["probabilities"]] == ["dog", "cat"]
+    assert sum(p["score"] for p in full["probabilities"]) == pytest.approx(1, abs=1e-5)
+    assert full["model"]["name"] == "efficientnet_lite0" and full["model"]["version"]
+    top1 = httpx.post(f"{server}/classify?k=1", files={"image": data}).json()
+    assert len(top1["probabilities"]) == 1 and top1["label"] == "dog"
+
+
+def big_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("kwargs", "status", "reason"), [
+    ({"content": b"", "headers": {"Content-Type": "image/jpeg"}}, 400, "empty"),
+    ({"files": {"image": b"this is text, not an image"}}, 415, "not_an_image"),
+    ({"content": b"\xff\xd8\xff\xe0" + b"\x00" * 100, "headers": {"Content-Type": "image/jpeg"}}, 422, "corrupt"),
+    ({"content": b'{"image": "cat.jpg"}', "headers": {"Content-Type": "application/json"}}, 415,
+     "unsupported_media_type"),
+    ({"files": {"other": ("x.jpg", b"")}, "data": {"k": "1"}}, 400, "empty"),
+    ({"data": {"k": "1"}}, 415, "unsupported_media_type"),
+    ({"content": b"\x00" * (10 * 1024 * 1024 + 1), "headers": {"Content-Type": "image/jpeg"}}, 413,
+     "body_too_large"),
+])
+def test_bad_input_gets_4xx_with_a_json_reason(server: str, kwargs: dict, status: int, reason: str) -> None:
+    r = httpx.post(f"{server}/classify", timeout=30, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == reason and r.json()["detail"]
+
+
+def test_truncated_photo_decompression_bomb_bad_k_and_too_many_images(server: str) -> None:
+    data = photos("cat", 1)[0].read_bytes()
+    r = httpx.post(f"{server}/classify", files={"image": data[: len(data) // 2]})
+    assert (r.status_code, r.json()["error"]) == (422, "corrupt")
+    r = httpx.post(f"{server}/classify", files={"image": big_png(8000)})  # 64 Mpx in a few KB
+    assert (r.status_code, r.json()["error"]) == (413, "too_many_pixels")
+    r = httpx.post(f"{server}/classify?k=7", files={"image": data})
+    assert (r.status_code, r.json()["error"]) == (400, "bad_parameter")
+    r = httpx.post(f"{server}/classify_batch", files=[("images", data)] * 65, timeout=60)
+    assert (r.status_code, r.json()["error"]) == (413, "too_many_images")
+
+
+def test_classify_batch_keeps_order_and_isolates_bad_images(server: str) -> None:
+    cat, dog = photos("cat", 1)[0], photos("dog", 1)[0]
+    files = [("images", ("a.jpg", cat.read_bytes())), ("images", ("bad.jpg", b"nope")),
+             ("images", ("b.jpg", dog.read_bytes()))]
+    r = httpx.post(f"{server}/classify_batch", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x.get("label") for x in results] == ["cat", None, "dog"]
+    assert results[1]["error"] == "not_an_image" and results[1]["filename"] == "bad.jpg"
+
+
+def test_64_concurrent_requests_succeed_in_batches_larger_than_one(server: str) -> None:
+    before = httpx.get(f"{server}/metrics").text
+    images = [p.read_bytes() for p in photos("cat", 32) + photos("dog", 32)]
+    with ThreadPoolExecutor(64) as pool:
+        statuses = list(pool.map(lambda d: httpx.post(f"{server}/classify", files={"image": d},
+                                                      timeout=120).status_code, images))
+    assert statuses == [200] * 64
+    after = httpx.get(f"{server}/metrics").text
+    batches = metric(after, "imgcls_model_batch_size_count") - metric(before, "imgcls_model_batch_size_count")
+    singles = (metric(after, "imgcls_model_batch_size_bucket", le="1.0")
+               - metric(before, "imgcls_model_batch_size_bucket", le="1.0"))
+    images_seen = metric(after, "imgcls_model_batch_size_sum") - metric(before, "imgcls_model_batch_size_sum")
+    assert images_seen == 64 and batches < 64 and singles < batches, (batches, singles)
+
+
+def test_metrics_name_labels_reasons_and_model_version(server: str) -> None:
+    httpx.post(f"{server}/classify", files={"image": b"not an image"})
+    text = httpx.get(f"{server}/metrics").text
+    version = httpx.get(f"{server}/model").json()["version"]
+    assert metric(text, "imgcls_predictions_total", label="cat") > 0
+    assert metric(text, "imgcls_rejected_inputs_total", reason="not_an_image") >= 1
+    assert metric(text, "imgcls_model_info", version=version) == 1
+    assert metric(text, "imgcls_decode_seconds_count") > 0 and metric(text, "imgcls_inference_seconds_count") > 0
+    assert "bentoml_service_request_total" in text or "bentoml_api_server_request_total" in text
+
+
+def test_model_endpoint_reports_metadata_and_real_providers(server: str) -> None:
+    info = httpx.get(f"{server}/model").json()
+    assert info["labels"] == ["cat", "dog"] and info["metrics"]["test"]["accuracy"] > 0.9
+    assert info["runtime"]["providers"] == ["CPUExecutionProvider"] and info["runtime"]["device"] == "cpu"
+    assert "admin_token" not in info["runtime"]["config"] and "history" not in info
+
+
+def test_explain_heatmaps_point_at_the_animal(server: str) -> None:
+    hottest = {}
+    for label in ("cat", "dog"):
+        data = photos(label, 1)[0].read_bytes()
+        png = httpx.post(f"{server}/explain", files={"image": data}, timeout=60)
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == (224, 224) and png.headers["x-label"] == label
+        raw = httpx.post(f"{server}/explain?format=json", files={"image": data}, timeout=60).json()
+        cam = np.asarray(raw["cam"])
+        assert cam.shape == (7, 7) and cam.max() == pytest.approx(1) and cam.min() == pytest.approx(0)
+        hottest[label] = np.unravel_index(cam.argmax(), cam.shape)
+    assert hottest["cat"] != hottest["dog"]
+
+
+def test_feedback_is_stored_once_with_checked_labels(server: str) -> None:
+    data = photos("cat", 2)[0].read_bytes()
+    first = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"})
+    assert first.status_code == 201, first.text
+    stored = Path(first.json()["stored"])
+    assert stored.read_bytes() == data and stored.parent.name == "cat" and not first.json()["duplicate"]
+    again = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"})
+    assert again.json()["duplicate"] and len(list(stored.parent.iterdir())) == 1
+    assert httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "horse"}).status_code == 422
+    assert httpx.post(f"{server}/feedback", files={"image": data}).status_code == 400
+    assert httpx.post(f"{server}/feedback", files={"image": b"text"}, data={"label": "dog"}).status_code == 415
+
+
+def test_admin_reload_needs_the_token(server: str) -> None:
+    assert httpx.post(f"{server}/admin/reload").status_code == 401
+    assert httpx.post(f"{server}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = httpx.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json()["changed"] is False
+
+
+def test_not_ready_until_a_model_is_promoted(trained: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "registry"
+    with serve(empty, tmp_path / "server.log", ready=False, MODEL_POLL_S="0.5") as url:
+        assert httpx.get(f"{url}/livez").status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        r = httpx.post(f"{url}/classify", files={"image": photos("cat", 1)[0].read_bytes()})
+        assert (r.status_code, r.json()["error"], r.headers["retry-after"]) == (503, "no_model", "5")
+        version = Registry(trained).current()
+        shutil.copytree(trained / "models" / version, empty / "models" / version)
+        run_cli("promote", version, artifacts=empty)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            time.sleep(0.2)
+        r = httpx.post(f"{url}/classify", files={"image": photos("cat", 1)[0].read_bytes()})
+        assert r.status_code == 200 and r.json()["model"]["version"] == version
+
+
+@pytest.mark.slow
+def test_bentoml_build_packs_service_and_model_but_no_photos(trained: Path, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    for name in ("imgcls", "service"):
+        shutil.copytree(ROOT / name, ctx / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "bentofile.yaml", ctx)
+    shutil.copytree(trained, ctx / "artifacts", ignore=shutil.ignore_patterns("cache"))
+    shutil.copy(photos("cat", 1)[0], ctx / "artifacts" / "stray.jpg")  # must be excluded from the Bento
+    home = tmp_path / "bentoml"
+    env = child_env(BENTOML_HOME=str(home))
+    out = subprocess.run([PY, "-m", "bentoml", "build", str(ctx), "--output", "tag"], cwd=ctx, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    bento = next((home / "bentos" / "image_classifier").glob("*/src"))
+    files = {p.relative_to(bento).as_posix() for p in bento.rglob("*") if p.is_file()}
+    version = Registry(trained).current()
+    assert {"service/service.py", "imgcls/onnx_model.py", "artifacts/current",
+            f"artifacts/models/{version}/model.onnx"} <= files
+    assert not [f for f in files if f.lower().endswith((".jpg", ".jpeg", ".png"))]
+    assert not [f for f in files if "/cache/" in f or f.startswith("tests/")]
+
+
+def test_compose_file_is_valid() -> None:
+    if not shutil.which("docker-compose"):
+        pytest.skip("docker-compose (Debian's v1 package) is not installed; .ci/run installs it")
+    out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load(subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+                                           capture_output=True, text=True).stdout)
+    app = config["services"]["classifier"]
+    assert "/readyz" in " ".join(app["healthcheck"]["test"]) and app["user"] != "root"
+    assert app["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "classifier:3000" in (ROOT / "deploy" / "prometheus.yml").read_text()

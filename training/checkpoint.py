@@ -1,0 +1,50 @@
+"""A version's torch checkpoint (what was trained, plus any random weights) and re-export from it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from imgcls.loader import preprocessed_batches
+from imgcls.registry import load_metadata
+from training.data import create_dataset, default_data_dir
+from training.export import export_onnx
+from training.models import ImageClassifier, create_model
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(model: ImageClassifier, path: Path, pretrained: bool) -> None:
+    """The trained parameters; all of them when the backbone's weights cannot be rebuilt (random or scratch)."""
+    state = model.state_dict()
+    if pretrained:
+        trained = {n for n, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in trained or k.startswith("head.")}
+    torch.save(state, path)
+
+
+def load_model(model_dir: Path) -> ImageClassifier:
+    """Rebuild a version's torch model from its metadata and checkpoint."""
+    meta = load_metadata(model_dir)
+    t = meta["training"]
+    model = create_model(meta["backbone"], len(meta["labels"]), weights=Path(t["weights"]) if t["weights"] else None,
+                         random_init=not meta["pretrained"], dropout=t["dropout"],
+                         unfreeze_last_block=meta["unfreeze_last_block"])
+    state = torch.load(model_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    missing = model.load_state_dict(state, strict=not meta["pretrained"])
+    if meta["pretrained"] and missing.unexpected_keys:
+        raise ValueError(f"checkpoint of {meta['version']} has unexpected keys {missing.unexpected_keys[:5]}")
+    return model.eval()
+
+
+def export_version(model_dir: Path, output: Path, data: str | None = None) -> dict:
+    """Export a version again (e.g. another opset or file) with the same parity check on real images."""
+    import numpy as np
+
+    model = load_model(model_dir)
+    ds = create_dataset(data or default_data_dir())
+    paths = [p for p, _ in ds.splits["val"][:16]]
+    check = np.concatenate([b for _, b, _ in preprocessed_batches(paths, model.preprocess) if b is not None])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    info = export_onnx(model, output, check)
+    return {"model": load_metadata(model_dir)["version"], "output": str(output), **info}
