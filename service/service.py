@@ -152,14 +152,19 @@ class ImageClassifier:
                     pass  # logged and counted in reload()
 
     # -- inference ------------------------------------------------------------------------------------------------
-    async def _infer(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, OnnxClassifier]]:
-        model = self.model  # the whole batch runs on one model version
-        batch = np.stack(images)
-        start = time.perf_counter()
-        probs = await anyio.to_thread.run_sync(model.predict, batch)
-        INFERENCE_SECONDS.observe(time.perf_counter() - start)
-        BATCH_SIZE.observe(len(images))
-        return [(p, model) for p in probs]
+    async def _infer(self, jobs: Sequence[tuple[np.ndarray, OnnxClassifier]]) -> list[Any]:
+        """One adaptive batch. Each image runs on the model whose preprocessing made it (they differ only for
+        the moments around a swap), so an answer never mixes two versions."""
+        out: list[Any] = [None] * len(jobs)
+        for model in {id(m): m for _, m in jobs}.values():
+            index = [i for i, (_, m) in enumerate(jobs) if m is model]
+            start = time.perf_counter()
+            probs = await anyio.to_thread.run_sync(model.predict, np.stack([jobs[i][0] for i in index]))
+            INFERENCE_SECONDS.observe(time.perf_counter() - start)
+            BATCH_SIZE.observe(len(index))
+            for i, p in zip(index, probs):
+                out[i] = (p, model)
+        return out
 
     async def _decode(self, data: bytes, preprocess) -> tuple[Any, np.ndarray]:
         def work():
@@ -172,12 +177,13 @@ class ImageClassifier:
 
     async def classify_bytes(self, data: bytes, k: int | None) -> dict[str, Any]:
         """Decode, preprocess and classify one image through the adaptive batcher."""
-        _, x = await self._decode(data, self.model.preprocess)
+        model = self.model
+        _, x = await self._decode(data, model.preprocess)
         if self._in_queue >= self.config.max_queue:
             _overloaded()
         self._in_queue += 1
         try:
-            probs, model = await self._infer_batched(x)
+            probs, model = await self._infer_batched((x, model))
         finally:
             self._in_queue -= 1
         return _result(probs, model, k)

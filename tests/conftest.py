@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,6 +33,20 @@ def run_cli(*args: str, artifacts: Path | None = None, check: bool = True, **env
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def photos(label: str, n: int) -> list[Path]:
+    return sorted((DATA / "test" / label).glob("*.jpg"))[-n:]  # the end of the list: unseen by the 150-per-class model
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a Prometheus sample's values whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:{{(.*)}})? ([0-9.e+-]+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 def free_port() -> int:
@@ -87,3 +102,6 @@ def trained(tmp_path_factory) -> Path:
     artifacts = tmp_path_factory.mktemp("artifacts")
     run_cli("train", "--data", str(DATA), "--limit-per-class", "150", "--epochs", "30", artifacts=artifacts)
     return artifacts
+
+
+test_env = child_env  # old name, still imported (aliased) by some test modules

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import subprocess
 import time
@@ -16,7 +15,7 @@ import yaml
 from PIL import Image
 
 from imgcls.registry import Registry
-from tests.conftest import DATA, PY, ROOT, needs_data, run_cli, serve, child_env
+from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_cli, serve
 
 pytestmark = needs_data
 TOKEN = "test-admin-token"
@@ -28,20 +27,6 @@ def server(trained: Path, tmp_path_factory) -> str:
     feedback = tmp_path_factory.mktemp("feedback")
     with serve(trained, log, ADMIN_TOKEN=TOKEN, FEEDBACK_DIR=str(feedback)) as url:
         yield url
-
-
-def photos(label: str, n: int) -> list[Path]:
-    return sorted((DATA / "test" / label).glob("*.jpg"))[-n:]  # the end of the list: unseen by the 150-per-class model
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample's values whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:{{(.*)}})? ([0-9.e+-]+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
 
 
 def test_classifies_real_photos(server: str) -> None:

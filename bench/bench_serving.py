@@ -1,0 +1,118 @@
+"""HTTP serving against the in-process pipeline and a naive torch server, on the project's test photos.
+
+    python -m bench.bench_serving [--model current] [--clients 16] [--requests 600] [--json FILE]
+
+Prints: throughput with N concurrent clients (our BentoML service, the in-process pipeline at the same batch
+sizes, the naive FastAPI + torch eager server) and unloaded single-request latency against in-process latency.
+Targets: HTTP >= 0.8 x in-process, >= 2 x naive; unloaded p50 <= in-process p50 + 10 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import free_port, load, metric, pct, server, test_photos
+from imgcls.images import decode_image
+from imgcls.loader import preprocessed_batches
+from imgcls.onnx_model import OnnxClassifier
+from imgcls.registry import Registry
+
+
+def in_process_latency(model: OnnxClassifier, bodies: list[bytes]) -> list[float]:
+    times = []
+    for body in bodies:
+        start = time.perf_counter()
+        model.predict(model.preprocess(decode_image(body, draft_size=model.preprocess.resize_size))[None])
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def in_process_throughput(model: OnnxClassifier, paths: list[Path], batch_size: int, total: int) -> float:
+    """Images/s of decode + preprocess (threads, prefetching) + ONNX Runtime at ``batch_size``."""
+    paths = (paths * (total // len(paths) + 1))[:total]
+    start = time.perf_counter()
+    for _, batch, _ in preprocessed_batches(paths, model.preprocess, batch_size=batch_size, workers=2):
+        model.predict(batch)
+    return total / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="current")
+    p.add_argument("--artifacts", type=Path)
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--requests", type=int, default=600)
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    registry = Registry(args.artifacts)
+    model_dir = registry.resolve(args.model)
+    paths = test_photos()
+    bodies = [path.read_bytes() for path in paths]
+    model = OnnxClassifier(model_dir, device="auto")
+    model.warmup()
+    results: dict = {"model": model.version, "providers": model.providers, "cpus": os.cpu_count(),
+                     "clients": args.clients}
+
+    env = {"ARTIFACTS_DIR": str(registry.root), "MODEL": str(model_dir), "MODEL_POLL_S": "0",
+           "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
+    port = free_port()
+    log = Path(tempfile.gettempdir()) / "bench_serving.log"
+    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
+           "--port", str(port)]
+    with server(cmd, port, env, log) as url:
+        load(url, bodies[:64], args.clients, 128)  # warm-up
+        unloaded = []
+        with httpx.Client() as c:
+            for body in bodies[:100]:
+                start = time.perf_counter()
+                c.post(f"{url}/classify", content=body, headers={"Content-Type": "image/jpeg"}).raise_for_status()
+                unloaded.append(time.perf_counter() - start)
+        before = httpx.get(f"{url}/metrics").text
+        http = load(url, bodies, args.clients, args.requests)
+        after = httpx.get(f"{url}/metrics").text
+    batches = metric(after, "imgcls_model_batch_size_count") - metric(before, "imgcls_model_batch_size_count")
+    images = metric(after, "imgcls_model_batch_size_sum") - metric(before, "imgcls_model_batch_size_sum")
+    mean_batch = images / batches
+    results["http"] = {**http, "mean_batch_size": mean_batch, "unloaded_p50_ms": pct(unloaded, 50)}
+
+    in_process_latency(model, bodies[:10])
+    local = in_process_latency(model, bodies[:100])
+    results["in_process"] = {"batch_size": round(mean_batch), "p50_ms": pct(local, 50),
+                             "images_per_s": in_process_throughput(model, paths, round(mean_batch), args.requests)}
+
+    if not args.skip_naive:
+        port = free_port()
+        with server([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)], port) as url:
+            load(url, bodies[:16], args.clients, 32)
+            results["naive"] = load(url, bodies, args.clients, args.requests // 2)
+
+    rps, local_ips = results["http"]["rps"], results["in_process"]["images_per_s"]
+    results["ratios"] = {"http_vs_in_process": rps / local_ips,
+                         "unloaded_p50_minus_in_process_ms": results["http"]["unloaded_p50_ms"] - pct(local, 50)}
+    if "naive" in results:
+        results["ratios"]["http_vs_naive"] = rps / results["naive"]["rps"]
+    print(f"model {model.version} on {model.providers[0]}, {os.cpu_count()} CPUs, {args.clients} clients")
+    print(f"HTTP service      {rps:8.1f} req/s  (mean model batch {mean_batch:.1f}, failures {http['failures']}, "
+          f"p50 {http['p50_ms']:.1f} ms, p99 {http['p99_ms']:.1f} ms)")
+    print(f"in-process        {local_ips:8.1f} img/s  (batch {round(mean_batch)})")
+    if "naive" in results:
+        print(f"naive torch HTTP  {results['naive']['rps']:8.1f} req/s  (failures {results['naive']['failures']})")
+    print(f"unloaded latency  p50 {results['http']['unloaded_p50_ms']:.1f} ms over HTTP vs "
+          f"{pct(local, 50):.1f} ms in-process")
+    for k, v in results["ratios"].items():
+        print(f"{k:34} {v:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""What the benchmarks share: the project's test photos, servers on free ports, a load generator, percentiles."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "catsdogs"
+
+
+def test_photos() -> list[Path]:
+    photos = sorted((DATA / "test").glob("*/*.jpg"))
+    if not photos:
+        sys.exit(f"no photos under {DATA / 'test'}: the benchmarks read the project's test photos in place")
+    return photos
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
+    """Start ``cmd`` (listening on ``port``), wait for /readyz, yield the URL, SIGTERM it afterwards."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited {proc.returncode}" + (f"; see {log}" if log else ""))
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd} not ready in 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def load(url: str, bodies: list[bytes], clients: int, total: int) -> dict:
+    """``clients`` threads post raw JPEG bodies (keep-alive) until ``total`` requests are done."""
+    latencies: list[float] = []
+    failures = 0
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def client() -> None:
+        nonlocal failures
+        with httpx.Client(timeout=120) as c:
+            for i in counter:
+                start = time.perf_counter()
+                r = c.post(f"{url}/classify", content=bodies[i % len(bodies)],
+                           headers={"Content-Type": "image/jpeg"})
+                with lock:
+                    latencies.append(time.perf_counter() - start)
+                    failures += r.status_code != 200
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - start
+    return {"requests": total, "failures": failures, "seconds": wall, "rps": total / wall,
+            "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99)}
+
+
+def pct(seconds: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(seconds) * 1000, q))
+
+
+def metric(text: str, name: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))

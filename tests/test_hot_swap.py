@@ -1,0 +1,92 @@
+"""Zero-downtime model swaps on a running server: promotions, authenticated reloads, refused broken versions."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from imgcls.registry import Registry, write_atomic
+from tests.conftest import metric, needs_data, photos, run_cli, serve
+
+pytestmark = needs_data
+
+
+def copy_version(src: Path, registry: Path, name: str, tamper: bool = False) -> str:
+    """A copy of a real version under a new name (metadata.json is not checksummed; the ONNX file is)."""
+    dst = registry / "models" / name
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "metadata.json").read_text())
+    meta["version"] = name
+    (dst / "metadata.json").chmod(0o644)
+    (dst / "metadata.json").write_text(json.dumps(meta))
+    if tamper:
+        (dst / "model.onnx").chmod(0o644)
+        with open(dst / "model.onnx", "r+b") as f:
+            f.seek(-64, 2)
+            f.write(b"\0" * 64)
+    return name
+
+
+def client_loop(url: str, stop: threading.Event, seen: list, data: bytes) -> None:
+    with httpx.Client(timeout=60) as c:
+        while not stop.is_set():
+            r = c.post(f"{url}/classify", files={"image": data})
+            seen.append((r.status_code, r.json().get("model", {}).get("version"), r.json().get("label")))
+
+
+def test_promotion_swaps_models_under_load_without_a_failed_request(trained: Path, tmp_path: Path) -> None:
+    src = Registry(trained).resolve("current")
+    reg = tmp_path / "registry"
+    old, new = copy_version(src, reg, "v1-old"), copy_version(src, reg, "v2-new")
+    broken = copy_version(src, reg, "v3-broken", tamper=True)
+    run_cli("promote", old, artifacts=reg)
+    data = photos("dog", 1)[0].read_bytes()
+    with serve(reg, tmp_path / "server.log", MODEL_POLL_S="0.3") as url:
+        stop, threads = threading.Event(), []
+        seen: list[list] = [[] for _ in range(4)]
+        for s in seen:
+            threads.append(threading.Thread(target=client_loop, args=(url, stop, s, data)))
+            threads[-1].start()
+        time.sleep(2)
+        run_cli("promote", new, artifacts=reg)
+        deadline = time.monotonic() + 30
+        while not all(s and s[-1][1] == new for s in seen):
+            assert time.monotonic() < deadline, "the new version was never served"
+            time.sleep(0.2)
+        time.sleep(1)
+        # A broken version gets promoted behind the registry's back (promote itself refuses bad checksums):
+        write_atomic(reg / "current", broken + "\n")
+        time.sleep(2)
+        stop.set()
+        for t in threads:
+            t.join()
+        text = httpx.get(f"{url}/metrics").text
+        info = httpx.get(f"{url}/model").json()
+    for s in seen:
+        assert all(status == 200 and label == "dog" for status, _, label in s), s[:5]
+        versions = [v for _, v, _ in s]
+        switch = versions.index(new)
+        assert versions[0] == old and set(versions[switch:]) == {new}, "versions must switch once, old to new"
+    assert info["version"] == new
+    assert metric(text, "imgcls_model_reload_failures_total", version=broken) == 1
+    assert metric(text, "imgcls_model_info", version=new) == 1 and metric(text, "imgcls_model_info", version=old) == 0
+    assert f"refused model {broken}" in (tmp_path / "server.log").read_text()
+
+
+def test_admin_reload_swaps_when_polling_is_off(trained: Path, tmp_path: Path) -> None:
+    src = Registry(trained).resolve("current")
+    reg = tmp_path / "registry"
+    old, new = copy_version(src, reg, "a-old"), copy_version(src, reg, "b-new")
+    run_cli("promote", old, artifacts=reg)
+    with serve(reg, tmp_path / "server.log", MODEL_POLL_S="0", ADMIN_TOKEN="s3cret") as url:
+        run_cli("promote", new, artifacts=reg)
+        time.sleep(1)
+        assert httpx.get(f"{url}/model").json()["version"] == old  # nothing polls
+        r = httpx.post(f"{url}/admin/reload", headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.json() == {"version": new, "previous": old, "changed": True}
+        answer = httpx.post(f"{url}/classify", files={"image": photos("cat", 1)[0].read_bytes()}).json()
+        assert answer["model"]["version"] == new
