@@ -14,7 +14,7 @@ setup: $(VENV)/.installed-$(SERVE_EXTRA)
 $(VENV)/.installed-$(SERVE_EXTRA): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,$(SERVE_EXTRA),test]"
+	$(PY) -m pip install -q -e ".[train,$(SERVE_EXTRA),ray,test]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -30,7 +30,9 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
-	$(PY) -m bench.all
+	$(PY) -m bench.bench_decode --json bench/results/decode.json
+	$(PY) -m bench.bench_batch --json bench/results/batch.json
+	$(PY) -m bench.bench_serving --json bench/results/serving.json
 
 clean:
 	rm -rf $(VENV) artifacts build

@@ -1,9 +1,11 @@
 """Retraining end to end through the CLI, on real photos read in place (symlinked, never copied into the repo).
 
-A base model trained on 10 photos per class (10 epochs, no augmentation) is the model to beat. New data is 60
-further photos per class: correctly labelled, the candidate should beat the base on the original test split
-and be promoted; with cats and dogs swapped, it must lose the comparison and be rejected. A run killed after
-registering its candidate must leave ``current`` as it was. Feedback goes through a real server's POST /feedback.
+A base model trained on 10 photos per class (3 epochs, no augmentation) is the model to beat. New data is 60
+further photos per class: correctly labelled, the candidate (same settings, 7x the data) should beat the base on
+the original test split and be promoted; with cats and dogs swapped, it must lose the comparison and be rejected.
+Seen over runs (the head's initialisation is not seeded): base 0.54-0.90 test accuracy, candidate 0.92-0.96,
+swapped 0.1-0.32. A run killed after registering its candidate must leave ``current`` as it was. Feedback goes
+through a real server's POST /feedback.
 """
 from __future__ import annotations
 
@@ -18,12 +20,11 @@ from pathlib import Path
 import pytest
 
 from imgcls.registry import Registry
-from tests.conftest import DATA, PY, ROOT, needs_data, run_cli, serve
-from tests.conftest import test_env as cli_env  # aliased: pytest would collect a test_* name
+from tests.conftest import DATA, PY, ROOT, child_env, needs_data, run_cli, serve
 from training.retrain import decide
 
 CLASSES = ("cat", "dog")
-N_TRAIN, N_VAL, N_TEST, N_NEW = 10, 10, 100, 60
+N_TRAIN, N_VAL, N_TEST, N_NEW, BASE_EPOCHS = 10, 10, 100, 60, 3
 
 
 def _link(files: list[Path], folder: Path) -> None:
@@ -47,7 +48,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
         fresh = _photos("train", c)[N_TRAIN:N_TRAIN + N_NEW]  # photos the base never saw
         _link(fresh, root / "new" / c)
         _link(fresh, root / "swapped" / other)  # the same photos under the wrong label
-    run_cli("train", "--data", str(root / "orig"), "--aug-views", "0", "--epochs", "10", artifacts=root / "base")
+    run_cli("train", "--data", str(root / "orig"), "--aug-views", "0", "--epochs", str(BASE_EPOCHS),
+            artifacts=root / "base")
     return {"root": root, "orig": root / "orig", "new": root / "new", "swapped": root / "swapped",
             "base": root / "base"}
 
@@ -114,7 +116,7 @@ def test_more_data_and_feedback_beat_the_base_and_get_promoted(world, tmp_path: 
     assert counts["test"] == {"cat": N_TEST, "dog": N_TEST} and meta["data"]["root"] == str(world["orig"])
     # The base's settings carried over; lineage recorded.
     assert meta["training"]["parent"] == base
-    assert meta["training"]["fit"]["epochs"] == 10 and meta["training"]["aug_views"] == 0
+    assert meta["training"]["fit"]["epochs"] == BASE_EPOCHS and meta["training"]["aug_views"] == 0
     last = json.loads((art / "promotions.jsonl").read_text().splitlines()[-1])
     assert (last["version"], last["previous"]) == (candidate, base)
     assert "Promoted" in (Path(report["report_dir"]) / "report.md").read_text()
@@ -150,7 +152,7 @@ def test_killed_retrain_leaves_current_untouched(world) -> None:
     versions = reg.versions()
     proc = subprocess.Popen([PY, "-m", "training", "--artifacts", str(art), "retrain", "--data", str(world["new"])],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=cli_env(), start_new_session=True)
+                            env=child_env(), start_new_session=True)
     watchdog = threading.Timer(600, os.killpg, (proc.pid, signal.SIGKILL))
     watchdog.start()
     killed, seen = False, []

@@ -58,6 +58,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     torch.set_num_threads(os.cpu_count() or 1)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    torch.manual_seed(cfg.fit.seed)  # the new head's initial weights: --seed makes a run reproducible
     model = create_model(cfg.backbone, len(ds.classes), weights=cfg.weights, random_init=cfg.random_init,
                          dropout=cfg.dropout, unfreeze_last_block=cfg.unfreeze_last_block)
     # Only fixed, known weights make features cacheable (random and scratch backbones differ every run).
