@@ -35,24 +35,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(cmd: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[str]:
-    """Start ``cmd`` (listening on ``port``), wait for /readyz, yield the URL, SIGTERM it afterwards."""
+def server(cmd: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None,
+           probe: str = "/readyz", timeout: float = 120) -> Iterator[str]:
+    """Start ``cmd`` (listening on ``port``), wait until ``probe`` answers 200, yield the URL, SIGTERM it after."""
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(env or {})})
+                            env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1",
+                                 **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{cmd} exited {proc.returncode}" + (f"; see {log}" if log else ""))
+                tail = log.read_text()[-4000:] if log else ""
+                raise RuntimeError(f"{cmd} exited {proc.returncode}:\n{tail}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd} not ready in 120 s")
+                raise RuntimeError(f"{cmd} not ready in {timeout:.0f} s:\n{log.read_text()[-4000:] if log else ''}")
             time.sleep(0.2)
         yield url
     finally:

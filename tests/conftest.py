@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from bench.common import free_port, server
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "catsdogs"
@@ -22,7 +21,8 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent: th
 
 def child_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1", **extra}
-    env.pop("DATA_DIR", None) if "DATA_DIR" not in extra else None
+    if "DATA_DIR" not in extra:  # tests name their data explicitly
+        env.pop("DATA_DIR", None)
     return env
 
 
@@ -49,48 +49,16 @@ def metric(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(artifacts: Path, log_path: Path, ready: bool = True, **env: str) -> Iterator[str]:
-    """``bentoml serve service.service:ImageClassifier`` on a free port; yields its base URL; SIGTERM at the end."""
-    import httpx
+    """``bentoml serve service.service:ImageClassifier`` on a free port; yields its base URL; SIGTERM at the end.
 
+    ``ready=False`` waits only for /livez (a server that has no model yet)."""
     port = free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [PY, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1", **env),
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                status = httpx.get(f"{url}/readyz" if ready else f"{url}/livez", timeout=2).status_code
-                if status == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready in 90 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.2)
+    cmd = [PY, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
+    with server(cmd, port, {**child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1", **env)},
+                log_path, probe="/readyz" if ready else "/livez", timeout=90) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +70,3 @@ def trained(tmp_path_factory) -> Path:
     artifacts = tmp_path_factory.mktemp("artifacts")
     run_cli("train", "--data", str(DATA), "--limit-per-class", "150", "--epochs", "30", artifacts=artifacts)
     return artifacts
-
-
-test_env = child_env  # old name, still imported (aliased) by some test modules
