@@ -57,6 +57,9 @@ class OnnxClassifier:
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of busy-waiting: on a few cores they would otherwise take CPU from
+        # the threads that decode the next images (bench/bench_batch.py measured 4-20% more throughput).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.model_dir / ONNX_FILE), sess_options=opts, providers=providers_for(device)
         )

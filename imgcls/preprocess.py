@@ -35,24 +35,31 @@ class Preprocess:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "layout": "NCHW", "dtype": "float32"}
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
-        """Shorter side to ``resize_size`` (bilinear, antialiased), then the centre ``input_size`` square."""
+        """Shorter side to ``resize_size`` (bilinear, antialiased), then the centre ``input_size`` square.
+
+        Done as one resize of the source region that the crop keeps (Pillow's ``box``): the same pixels as
+        resizing the whole image and cropping (within rounding), at about half the cost.
+        """
         w, h = img.size
         scale = self.resize_size / min(w, h)
         nw, nh = max(self.input_size, round(w * scale)), max(self.input_size, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BILINEAR)
         left, top = (nw - self.input_size) // 2, (nh - self.input_size) // 2
-        return img.crop((left, top, left + self.input_size, top + self.input_size))
+        sx, sy = nw / w, nh / h
+        box = (left / sx, top / sy, (left + self.input_size) / sx, (top + self.input_size) / sy)
+        return img.resize((self.input_size, self.input_size), Image.BILINEAR, box=box)
 
-    def normalize(self, img: Image.Image) -> np.ndarray:
-        """An RGB image as a normalised float32 CHW array."""
-        arr = np.asarray(img, dtype=np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
-        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
-        return np.ascontiguousarray(((arr - mean) * inv_std).transpose(2, 0, 1))
+    def normalize(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """An RGB image as a normalised float32 CHW array (into ``out`` if given): ``x * scale + offset``
+        straight from uint8, in one pass."""
+        chw = np.asarray(img).transpose(2, 0, 1)
+        std = np.asarray(self.std, dtype=np.float32)
+        out = np.empty(chw.shape, np.float32) if out is None else out
+        np.multiply(chw, (1.0 / (255.0 * std))[:, None, None], out=out, casting="unsafe")
+        out += (-np.asarray(self.mean, dtype=np.float32) / std)[:, None, None]
+        return out
 
-    def __call__(self, img: Image.Image) -> np.ndarray:
-        return self.normalize(self.resize_crop(img))
+    def __call__(self, img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        return self.normalize(self.resize_crop(img), out)
 
     def denormalize(self, chw: np.ndarray) -> np.ndarray:
         """The inverse of :meth:`normalize`, as HWC uint8 (for plots)."""

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA, PY, ROOT, needs_data
-from conftest import test_env as cli_env  # renamed: pytest would collect test_env as a test
+from conftest import DATA, PY, ROOT, child_env, needs_data
 
 pytestmark = needs_data
 TEST_CATS = sorted((DATA / "test" / "cat").glob("*.jpg"))
@@ -27,7 +26,7 @@ TEST_DOGS = sorted((DATA / "test" / "dog").glob("*.jpg"))
 def batch_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m service.batch ARGS`` as a user runs it."""
     return subprocess.run([PY, "-m", "service.batch", "--no-progress", *args], cwd=ROOT, capture_output=True,
-                          text=True, env=cli_env(), timeout=timeout)
+                          text=True, env=child_env(), timeout=timeout)
 
 
 def run_ok(*args: str) -> subprocess.CompletedProcess:
@@ -182,7 +181,7 @@ def test_sigkill_then_resume_gives_exactly_one_row_per_input(trained, tmp_path):
     out = tmp_path / "results.jsonl"
     args = ["--input", str(listing), "--output", str(out), "--artifacts", str(trained), "--batch-size", "4"]
 
-    proc = subprocess.Popen([PY, "-m", "service.batch", "--no-progress", *args], cwd=ROOT, env=cli_env(),
+    proc = subprocess.Popen([PY, "-m", "service.batch", "--no-progress", *args], cwd=ROOT, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -190,7 +189,7 @@ def test_sigkill_then_resume_gives_exactly_one_row_per_input(trained, tmp_path):
             assert proc.poll() is None, f"the job exited {proc.returncode} before writing a row"
             assert time.monotonic() < deadline, "no row written in 120 s"
             time.sleep(0.01)
-        time.sleep(0.3)  # a few more batches in flight
+        time.sleep(0.1)  # a few more batches in flight
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -274,7 +273,7 @@ def test_batch_job_imports_no_torch_and_no_training_code(trained, tmp_path):
             " '--no-progress'])\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'training'))\n"
             "assert rc == 0 and not bad, (rc, bad)\n")
-    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=120)
+    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(read_jsonl(out)) == 1
 
@@ -284,7 +283,7 @@ def test_ray_engine_without_ray_says_how_to_install(tmp_path):
     code = ("import sys\nsys.modules['ray'] = None\nfrom service.batch import main\n"
             f"sys.exit(main(['--input', {str(TEST_CATS[0])!r}, '--output', {str(tmp_path / 'r.jsonl')!r},"
             " '--engine', 'ray', '--artifacts', '/nonexistent']))\n")
-    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=60)
+    proc = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True, env=child_env(), timeout=60)
     assert proc.returncode == 2
     assert "pip install '.[ray]'" in proc.stderr
 
@@ -314,3 +313,20 @@ def test_ray_engine_matches_local_engine_and_resumes(trained, tmp_path):
         if row["error"] is None:
             assert other["score"] == pytest.approx(row["score"], abs=1e-5)
     assert sum(r["error"] is not None for r in ray_rows.values()) == 2
+
+
+def test_bench_reports_job_and_model_only_throughput(trained, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for src in TEST_CATS[40:60] + TEST_DOGS[40:60]:
+        shutil.copy(src, photos / src.name)
+    figures = tmp_path / "bench.json"
+    proc = subprocess.run([PY, "-m", "bench.bench_batch", "--artifacts", str(trained), "--data", str(photos),
+                           "--rounds", "1", "--batch-size", "8", "--json", str(figures)],
+                          cwd=ROOT, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(figures.read_text())
+    assert r["images"] == 40 and r["batch_size"] == 8
+    assert r["job_images_per_s"] > 0 and r["model_only_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["job_images_per_s"] / r["model_only_images_per_s"], rel=0.01)
+    assert f"ratio job / model-only: {r['ratio']:.3f}" in proc.stdout
