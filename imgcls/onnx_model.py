@@ -21,7 +21,7 @@ def providers_for(device: str) -> list[str]:
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
     compiled_in = "CUDAExecutionProvider" in ort.get_available_providers()
-    want_cuda = device == "cuda" or (device == "auto" and compiled_in and _gpu_visible())
+    want_cuda = device == "cuda" or (device == "auto" and compiled_in and gpu_visible())
     if want_cuda and compiled_in:
         if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu[cuda,cudnn]: load the pip-installed CUDA libraries
             try:
@@ -34,7 +34,8 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _gpu_visible() -> bool:
+def gpu_visible() -> bool:
+    """An NVIDIA device node exists and ``CUDA_VISIBLE_DEVICES`` does not hide it."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
     return any(Path("/dev").glob("nvidia[0-9]*"))

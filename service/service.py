@@ -17,12 +17,14 @@ from typing import Any, Sequence
 import anyio
 import bentoml
 import numpy as np
+from PIL import Image
 from bentoml._internal.marshal.dispatcher import CorkDispatcher  # BentoML's adaptive batching (pinned version)
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from imgcls.images import ImageError, decode_image
-from imgcls.onnx_model import OnnxClassifier, _gpu_visible
+from imgcls.onnx_model import OnnxClassifier, gpu_visible
+from imgcls.preprocess import Preprocess
 from imgcls.registry import ModelError, Registry
 from service.config import Config
 from service.heatmap import overlay_png
@@ -65,7 +67,7 @@ def _overloaded() -> None:
 @bentoml.service(
     name="image_classifier",
     workers=1,  # one process owns the ONNX Runtime session; its threads use every core
-    resources={"gpu": 1} if _gpu_visible() else {"cpu": str(os.cpu_count() or 1)},
+    resources={"gpu": 1} if gpu_visible() else {"cpu": str(os.cpu_count() or 1)},
     traffic={"timeout": 60},
     logging={"access": {"enabled": False}},  # replaced by one JSON line per request (_access_log)
 )
@@ -150,6 +152,8 @@ class ImageClassifier:
                     self.reload()
                 except ApiError:
                     pass  # logged and counted in reload()
+                except Exception:  # noqa: BLE001 - the watcher must outlive a bad moment of the registry
+                    log.exception("model watcher: reload failed")
 
     # -- inference ------------------------------------------------------------------------------------------------
     async def _infer(self, jobs: Sequence[tuple[np.ndarray, OnnxClassifier]]) -> list[Any]:
@@ -166,8 +170,8 @@ class ImageClassifier:
                 out[i] = (p, model)
         return out
 
-    async def _decode(self, data: bytes, preprocess) -> tuple[Any, np.ndarray]:
-        def work():
+    async def _decode(self, data: bytes, preprocess: Preprocess) -> tuple[Image.Image, np.ndarray]:
+        def work() -> tuple[Image.Image, np.ndarray]:
             start = time.perf_counter()
             img = decode_image(data, draft_size=preprocess.resize_size, max_pixels=self.config.max_pixels)
             x = preprocess(img)
@@ -178,11 +182,11 @@ class ImageClassifier:
     async def classify_bytes(self, data: bytes, k: int | None) -> dict[str, Any]:
         """Decode, preprocess and classify one image through the adaptive batcher."""
         model = self.model
-        _, x = await self._decode(data, model.preprocess)
-        if self._in_queue >= self.config.max_queue:
+        if self._in_queue >= self.config.max_queue:  # refuse before spending any work on it
             _overloaded()
         self._in_queue += 1
         try:
+            _, x = await self._decode(data, model.preprocess)
             probs, model = await self._infer_batched((x, model))
         finally:
             self._in_queue -= 1

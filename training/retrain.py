@@ -227,7 +227,8 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
     try:
         log.info("evaluating base %s on %d %s images of %s", base_version, len(eval_set), EVAL_SPLIT, original.root)
         base_eval = evaluate_onnx(base_dir, eval_set, classes, device="cpu")
-        candidate, _ = train(ds, cfg, registry, cache_dir=registry.root / "cache" / "features", parent=base_version)
+        candidate, _ = train(ds, cfg, registry, cache_dir=registry.root / "cache" / "features", parent=base_version,
+                             sources=sources)
         report["candidate"] = {"version": candidate}
         log.info("evaluating candidate %s on the same %d images", candidate, len(eval_set))
         cand_eval = evaluate_onnx(registry.resolve(candidate), eval_set, classes, device="cpu")

@@ -50,8 +50,10 @@ def limit_per_class(ds: Dataset, n: int | None) -> Dataset:
 
 
 def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path | None = None,
-          parent: str | None = None) -> tuple[str, dict]:
-    """Train, export and evaluate a model on ``ds``; add it to ``registry`` as a new (unpromoted) version."""
+          parent: str | None = None, sources: dict | None = None) -> tuple[str, dict]:
+    """Train, export and evaluate a model on ``ds``; add it to ``registry`` as a new (unpromoted) version.
+
+    ``parent`` and ``sources`` (where a retrain's data came from) are recorded in the version's metadata."""
     for split in ("train", "val", "test"):
         if not ds.splits.get(split):
             raise ValueError(f"the {split} split of {ds.root} is empty")
@@ -95,7 +97,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
             "unfreeze_last_block": model.unfreeze_last_block,
             "outputs": {"probabilities": "softmax over labels", "features": "last convolutional feature map"},
             "data": {"root": ds.root, "layout": ds.layout, "manifest_sha256": ds.manifest_hash(),
-                     "counts": ds.counts()},
+                     "counts": ds.counts(), **({"sources": sources} if sources else {})},
             "training": {**asdict(cfg), "weights": str(cfg.weights) if cfg.weights else None,
                          "epochs_run": len(history), "parent": parent,
                          "torch": torch.__version__, "python": platform.python_version()},
