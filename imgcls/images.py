@@ -57,7 +57,7 @@ def decode_image(
         if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (draft_size, draft_size))
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to rotate
         return to_rgb(img)
     except Exception as e:
         raise ImageError("corrupt", f"the image data is truncated or corrupt: {e}", 422) from e

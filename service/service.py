@@ -69,7 +69,7 @@ def _overloaded() -> None:
     workers=1,  # one process owns the ONNX Runtime session; its threads use every core
     resources={"gpu": 1} if gpu_visible() else {"cpu": str(os.cpu_count() or 1)},
     traffic={"timeout": 60},
-    logging={"access": {"enabled": False}},  # replaced by one JSON line per request (_access_log)
+    logging={"access": {"enabled": False}},  # replaced by one JSON line per request (AccessLog)
 )
 @bentoml.asgi_app(app, path="/")
 class ImageClassifier:
@@ -224,16 +224,33 @@ async def _image_error(request: Request, e: ImageError) -> JSONResponse:
     return _reject(e)
 
 
-@app.middleware("http")
-async def _access_log(request: Request, call_next):
-    start = time.perf_counter()
-    response = await call_next(request)
-    request_log.info(json.dumps({
-        "method": request.method, "path": request.url.path, "status": response.status_code,
-        "ms": round((time.perf_counter() - start) * 1000, 2),
-        "model": response.headers.get("x-model-version"), "bytes": request.headers.get("content-length"),
-    }))
-    return response
+class AccessLog:
+    """One JSON log line per request (a plain ASGI middleware: Starlette's BaseHTTPMiddleware costs more)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, seen = time.perf_counter(), {}
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                seen["model"] = dict(message.get("headers", [])).get(b"x-model-version", b"").decode() or None
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            request_log.info(json.dumps({
+                "method": scope["method"], "path": scope["path"], "status": seen.get("status", 500),
+                "ms": round((time.perf_counter() - start) * 1000, 2), "model": seen.get("model"),
+            }))
+
+
+app.add_middleware(AccessLog)
 
 
 @app.post("/classify")
