@@ -14,6 +14,9 @@ setup: $(VENV)/.installed-$(SERVE_EXTRA)
 $(VENV)/.installed-$(SERVE_EXTRA): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# A GPU appeared or went away: the other onnxruntime wheel must go first (both own the same module folder).
+	@for f in $(VENV)/.installed-*; do [ ! -e "$$f" ] || [ "$$f" = "$@" ] || \
+		$(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu; done
 	$(PY) -m pip install -q -e ".[train,$(SERVE_EXTRA),ray,test]"
 	rm -f $(VENV)/.installed-*
 	touch $@
