@@ -105,3 +105,24 @@ def test_torchvision_backbones_random_init_and_local_weights_end_to_end(backbone
     wrong = run_cli("train", *common, "--weights", str(tmp_path / "b" / "current"), artifacts=tmp_path / "c",
                     check=False)
     assert wrong.returncode == 2 and "cannot read weights file" in wrong.stderr
+
+
+def test_unreadable_files_are_skipped_with_a_count_not_a_crash(tmp_path: Path) -> None:
+    """A small split-folder dataset of real photos (linked in place) plus a text file and a truncated JPEG."""
+    for split, n in (("train", 6), ("val", 3), ("test", 3)):
+        for label in ("cat", "dog"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for photo in sorted((DATA / split / label).glob("*.jpg"))[:n]:
+                (folder / photo.name).symlink_to(photo)
+    (tmp_path / "data" / "test" / "cat" / "notes.jpg").write_text("not an image")
+    photo = next((DATA / "test" / "dog").glob("*.jpg")).read_bytes()
+    (tmp_path / "data" / "train" / "dog" / "half.jpg").write_bytes(photo[: len(photo) // 3])
+    out = run_cli("train", "--data", str(tmp_path / "data"), "--epochs", "2", "--aug-views", "1",
+                  artifacts=tmp_path / "reg")
+    assert "skipped 1 unreadable image" in out.stderr
+    meta = Registry(tmp_path / "reg").metadata("current")
+    assert meta["metrics"]["test"]["n"] == 6
+    assert list(meta["metrics"]["test"]["skipped"]) == [str(tmp_path / "data" / "test" / "cat" / "notes.jpg")]
+    assert meta["metrics"]["test"]["skipped"][str(tmp_path / "data" / "test" / "cat" / "notes.jpg")].startswith(
+        "not_an_image")

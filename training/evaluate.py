@@ -26,7 +26,7 @@ def predict_samples(predict: Callable[[np.ndarray], np.ndarray], preprocess: Pre
             if batch is not None:
                 probs.append(predict(batch))
                 kept += idx
-            errors.update({paths[i]: e for i, e in errs.items()})
+            errors.update({paths[i]: str(e) for i, e in errs.items()})
             bar.update(len(idx) + len(errs))
     if errors:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(errors), next(iter(errors.items())))
