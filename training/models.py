@@ -6,7 +6,6 @@ Frozen parts stay in eval mode, so their batch-norm statistics are never updated
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from imgcls.preprocess import IMAGENET_MEAN, IMAGENET_STD, SYMMETRIC_MEAN, SYMMETRIC_STD, Preprocess
+from imgcls.registry import sha256_file
 
 
 class WeightsError(RuntimeError):
@@ -83,14 +83,6 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def _file_id(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class _Seq(nn.Module):
     """Runs an EfficientNet's stem and a slice of its blocks (the package's blocks are not a Sequential)."""
 
@@ -121,7 +113,7 @@ def efficientnet_lite0(weights: Path | None, random_init: bool) -> Backbone:
     n = len(net._blocks)
     return Backbone(_Seq(net, 0, n - 1, stem=True, head=False), _Seq(net, n - 1, None, stem=False, head=True),
                     1280, Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
-                    "random" if random_init else f"efficientnet_lite0-{_file_id(weights)}", not random_init)
+                    "random" if random_init else f"efficientnet_lite0-{sha256_file(weights)[:16]}", not random_init)
 
 
 def _torchvision_net(name: str, weights: Path | None, random_init: bool) -> tuple[nn.Module, str]:
@@ -137,7 +129,7 @@ def _torchvision_net(name: str, weights: Path | None, random_init: bool) -> tupl
             net.load_state_dict(_load_state_dict(weights), strict=True)
         except RuntimeError as e:
             raise WeightsError(f"{weights} is not a {name} state_dict: {str(e)[:300]}") from e
-        return net, _file_id(weights)
+        return net, sha256_file(weights)[:16]
     official = torchvision.models.get_model_weights(name).IMAGENET1K_V1
     try:
         return builder(weights=official), official.url.rsplit("/", 1)[-1]
