@@ -11,6 +11,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from imgcls.registry import ModelError, Registry
 from training.data import DataError, create_dataset, default_data_dir
+from training.export import ExportError
 from training.models import BACKBONES, WeightsError
 
 log = logging.getLogger("training")
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             return args.func(args, registry)
-    except (DataError, WeightsError, ModelError, ValueError) as e:
+    except (DataError, WeightsError, ModelError, ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

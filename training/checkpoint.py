@@ -5,10 +5,9 @@ from pathlib import Path
 
 import torch
 
-from imgcls.loader import preprocessed_batches
 from imgcls.registry import load_metadata
 from training.data import create_dataset, default_data_dir
-from training.export import export_onnx
+from training.export import export_onnx, parity_batch
 from training.models import ImageClassifier, create_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -39,12 +38,9 @@ def load_model(model_dir: Path) -> ImageClassifier:
 
 def export_version(model_dir: Path, output: Path, data: str | None = None) -> dict:
     """Export a version again (e.g. another opset or file) with the same parity check on real images."""
-    import numpy as np
-
     model = load_model(model_dir)
     ds = create_dataset(data or default_data_dir())
-    paths = [p for p, _ in ds.splits["val"][:16]]
-    check = np.concatenate([b for _, b, _ in preprocessed_batches(paths, model.preprocess) if b is not None])
+    check = parity_batch([p for p, _ in ds.splits["val"][:16]], model.preprocess)
     output.parent.mkdir(parents=True, exist_ok=True)
     info = export_onnx(model, output, check)
     return {"model": load_metadata(model_dir)["version"], "output": str(output), **info}

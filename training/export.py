@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.loader import preprocessed_batches
+from imgcls.preprocess import Preprocess
 from training.models import ImageClassifier
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,14 @@ class _Exported(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.model.features(x)
         return torch.softmax(self.model.head(self.model.pool(fmap)), dim=1), fmap
+
+
+def parity_batch(paths: list[Path], preprocess: Preprocess) -> np.ndarray:
+    """The readable images among ``paths``, preprocessed as served: the real inputs the export check compares on."""
+    batches = [b for _, b, _ in preprocessed_batches(paths, preprocess) if b is not None]
+    if not batches:
+        raise ExportError("none of the images chosen for the ONNX parity check could be read")
+    return np.concatenate(batches)
 
 
 def export_onnx(model: ImageClassifier, path: Path, check_batch: np.ndarray, opset: int = 18) -> dict:

@@ -14,9 +14,8 @@ import torch
 from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
 from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from training.data import Dataset, Sample
-from imgcls.loader import preprocessed_batches
 from training.evaluate import evaluate_onnx
-from training.export import export_onnx, head_weights
+from training.export import export_onnx, head_weights, parity_batch
 from training.features import FeatureExtractor
 from training.fit import FitConfig, fit
 from training.models import create_model
@@ -77,8 +76,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     try:
         t2 = time.perf_counter()
         check_paths = [p for p, _ in ds.splits["val"][:: max(1, len(ds.splits["val"]) // 16)]][:16]
-        check = np.concatenate([b for _, b, _ in preprocessed_batches(check_paths, model.preprocess) if b is not None])
-        export_info = export_onnx(model, staging / ONNX_FILE, check)
+        export_info = export_onnx(model, staging / ONNX_FILE, parity_batch(check_paths, model.preprocess))
         save_checkpoint(model, staging / CHECKPOINT_FILE, pretrained=model.pretrained)
         head = head_weights(model)
         if head is not None:
