@@ -29,7 +29,7 @@ from bench.common import DATA
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import ModelError, Registry
-from service.batch import Options, ResultsFile, find_inputs, load_model, run_local
+from service.batch import Options, ResultsFile, find_inputs, run_local
 
 DEFAULT_DATA = DATA / "test"
 TARGET_RATIO = 0.9
@@ -68,7 +68,7 @@ def job(paths: list[str], model: OnnxClassifier, opts: Options) -> int:
 def measure(args: argparse.Namespace) -> dict:
     """Run every measurement ``args.rounds`` times (alternating) and return the figures."""
     model_dir = Registry(args.artifacts).resolve(args.model)
-    model = load_model(model_dir, "cpu", args.threads)
+    model = OnnxClassifier(model_dir, device="cpu", threads=args.threads)
     paths = find_inputs(str(args.data))
     batches = list(preprocessed_batches(paths, model.preprocess, len(paths)))
     if batches[0][2]:

@@ -94,13 +94,6 @@ def read_path_list(csv_path: Path) -> list[str]:
     return [str(base / os.path.expanduser(c)) for c in cells if c]
 
 
-# -- the model ----------------------------------------------------------------------------------------------------
-
-def load_model(model_dir: Path | str, device: str = "auto", threads: int | None = None) -> OnnxClassifier:
-    """The version in ``model_dir`` (checksums verified) in ONNX Runtime."""
-    return OnnxClassifier(model_dir, device=device, threads=threads)
-
-
 # -- rows ---------------------------------------------------------------------------------------------------------
 
 def batch_rows(model: OnnxClassifier, paths: list[str], ok: list[int], array: np.ndarray | None,
@@ -288,7 +281,7 @@ class RayPredictor:
     """The Ray Data actor: loads the ONNX model once, decodes each batch in threads, returns rows as JSON text."""
 
     def __init__(self, model_dir: str, device: str, threads: int | None, workers: int) -> None:
-        self.model = load_model(model_dir, device, threads)
+        self.model = OnnxClassifier(model_dir, device=device, threads=threads)
         self.workers = workers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -352,7 +345,7 @@ def run_job(inputs: str, output: Path, model_dir: Path, engine: str = "local", o
         import_ray()  # fail before loading anything
         model, version = None, verify(model_dir)["version"]  # the actors load their own sessions
     else:
-        model = load_model(model_dir, opts.device, opts.threads)
+        model = OnnxClassifier(model_dir, device=opts.device, threads=opts.threads)
         version = model.version
     with ResultsFile(output) as out:
         _check_same_model(out, version)
