@@ -149,6 +149,16 @@ class Registry:
         return model_dir.name
 
 
+def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` without what only a full report needs (training history, lists of misclassified files)."""
+    meta = json.loads(json.dumps(meta))
+    meta.pop("history", None)
+    for split in meta.get("metrics", {}).values():
+        if isinstance(split, dict):
+            split.pop("misclassified", None)
+    return meta
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -28,6 +28,8 @@ class Config:
     poll_seconds: float  # MODEL_POLL_S: how often to look for a newly promoted model (0: never)
     admin_token: str  # ADMIN_TOKEN: bearer token for POST /admin/reload (unset: endpoint disabled)
     feedback_dir: Path  # FEEDBACK_DIR: where POST /feedback stores labelled images
+    stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
+    decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -46,7 +48,9 @@ class Config:
             poll_seconds=_env("MODEL_POLL_S", 2.0, float),
             admin_token=_env("ADMIN_TOKEN", ""),
             feedback_dir=Path(_env("FEEDBACK_DIR", str(artifacts / "feedback"))),
+            stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
+            decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
         )
 
     def public(self) -> dict:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "admin_token"}
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if not f.name.endswith("token")}

@@ -1,0 +1,127 @@
+"""The model service: ONNX Runtime behind BentoML's adaptive batching, one process that owns the session.
+
+The API service (service/service.py) decodes and crops images and calls :meth:`ModelService.infer` through
+``bentoml.depends``; concurrent calls are merged into model batches by BentoML (``batchable=True``). On a GPU host
+the two scale apart: decoding on CPU workers, inference here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from imgcls.onnx_model import OnnxClassifier
+from imgcls.registry import public_metadata
+from service.config import Config
+from service.errors import ApiError
+from service.logs import configure_json_logging
+from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_ERRORS
+from service.model_holder import ModelHolder, check_outputs
+
+log = logging.getLogger("imgcls.inference")
+CONFIG = Config.from_env()
+
+
+def _answer(model: OnnxClassifier, probs: np.ndarray, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"version": model.version, "name": model.metadata["backbone"], "variant": getattr(model, "variant", "fp32"),
+            "labels": model.labels, "probs": probs, **(extra or {})}
+
+
+@bentoml.service(
+    name="image_classifier_model",
+    workers=1,  # one process owns the ONNX Runtime session; its threads use every core (or the GPU)
+    traffic={"timeout": 60},
+    metrics={"enabled": False},  # service/metrics.py
+    logging={"access": {"enabled": False}},
+)
+class ModelService:
+    """Loads the model named by ``MODEL`` (warm and checked before ``/readyz``) and follows promotions."""
+
+    def __init__(self) -> None:
+        configure_json_logging()
+        self.holder = ModelHolder(CONFIG)
+        try:
+            self.holder.reload()
+        except ApiError as e:
+            log.error("no model loaded at start: %s", e.message)
+        self.holder.start_watching()
+
+    def __is_ready__(self) -> bool:
+        return self.holder.ready
+
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def infer(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Class probabilities for uint8 HWC crops at the model's input size, one answer per crop.
+
+        An answer is ``{"error": ...}`` when there is no model, when the crop was made for another input size
+        (a swap happened meanwhile; the caller crops again), or when the model failed (it is withdrawn)."""
+        try:
+            model = self.holder.model
+        except ApiError as e:
+            return [{"error": e.reason, "detail": e.message}] * len(crops)
+        size = model.preprocess.input_size
+        out: list[dict[str, Any]] = [{"error": "stale_input", "input_size": size, "resize_size":
+                                      model.preprocess.resize_size}] * len(crops)
+        index = [i for i, c in enumerate(crops) if c.shape == (size, size, 3)]
+        if not index:
+            return out
+        batch = np.empty((len(index), 3, size, size), np.float32)
+        for j, i in enumerate(index):
+            model.preprocess.normalize(crops[i], batch[j])
+        start = time.perf_counter()
+        try:
+            probs = model.predict(batch)
+            check_outputs(model, probs)
+        except Exception as e:  # noqa: BLE001 - a failing model must not answer, nor keep serving
+            MODEL_ERRORS.labels(version=model.version).inc()
+            self.holder.withdraw(model, f"inference failed: {e}")
+            failed = {"error": "model_error", "detail": f"model {model.version} failed: {e}"}
+            return [failed] * len(crops)
+        INFERENCE_SECONDS.observe(time.perf_counter() - start)
+        BATCH_SIZE.observe(len(index))
+        for j, i in enumerate(index):
+            out[i] = _answer(model, probs[j])
+        return out
+
+    @bentoml.api
+    def explain(self, crop: np.ndarray, label: str | None = None) -> dict[str, Any]:
+        """Probabilities and the class activation map (h, w in [0, 1]) of ``label`` (default: the top class)."""
+        try:
+            model = self.holder.model
+            if model.head is None or not model.has_features:
+                raise ApiError(409, "no_cam", f"model {model.version} ({model.metadata['backbone']}) has no linear "
+                                              "head over a feature map, so it has no class activation map")
+            if label is not None and label not in model.labels:
+                raise ApiError(422, "unknown_label", f"label {label!r} is not one of {model.labels}")
+            size = model.preprocess.input_size
+            if crop.shape != (size, size, 3):
+                return {"error": "stale_input", "input_size": size, "resize_size": model.preprocess.resize_size}
+            probs, fmap = model.predict_with_features(model.preprocess.normalize(crop)[None])
+            check_outputs(model, probs)
+        except ApiError as e:
+            return {"error": e.reason, "detail": e.message, "status": e.status}
+        index = model.labels.index(label) if label else int(probs[0].argmax())
+        return _answer(model, probs[0], {"index": index, "cam": model.class_activation_map(fmap[0], index)})
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        """The served version's metadata (trimmed) and the runtime it really uses."""
+        try:
+            model = self.holder.model
+        except ApiError as e:
+            return {"error": e.reason, "detail": e.message, "status": e.status}
+        meta = public_metadata(model.metadata)
+        meta["runtime"] = {"providers": model.providers, "device": model.device,
+                           "variant": getattr(model, "variant", "fp32"), "config": CONFIG.public()}
+        return meta
+
+    @bentoml.api
+    def reload(self) -> dict[str, Any]:
+        """Swap in the model ``MODEL`` names now."""
+        try:
+            return self.holder.reload()
+        except ApiError as e:
+            return {"error": e.reason, "detail": e.message, "status": e.status}

@@ -1,0 +1,129 @@
+"""The model being served: load, verify, warm up, check, swap and watch for promotions.
+
+Swap rules (one place to change them): a new version is loaded beside the old one, verified against its sha256s,
+warmed up, and must give finite probabilities that sum to one on its warm-up batch; only then is it swapped in with
+one reference assignment, so in-flight batches finish on the session they started with. A version that fails any
+step is refused (logged, counted) and the old one keeps serving; ``MODEL=current`` follows promotions by polling.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from imgcls.onnx_model import OnnxClassifier
+from imgcls.registry import ModelError, Registry
+from service.config import Config
+from service.errors import ApiError
+from service.metrics import MODEL_INFO, RELOAD_FAILURES
+
+log = logging.getLogger("imgcls.model")
+
+
+def check_outputs(model: OnnxClassifier, probs: np.ndarray) -> None:
+    """Raise :class:`ModelError` unless ``probs`` are finite probabilities (each row sums to one)."""
+    if probs.ndim != 2 or probs.shape[1] != len(model.labels):
+        raise ModelError(f"model {model.version} gave outputs of shape {probs.shape} for {len(model.labels)} labels")
+    if not np.isfinite(probs).all():
+        raise ModelError(f"model {model.version} gives non-finite probabilities")
+    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
+        raise ModelError(f"model {model.version} gives probabilities that do not sum to 1")
+
+
+class ModelHolder:
+    """Holds the serving :class:`OnnxClassifier`; ``model`` raises a 503 ``ApiError`` while there is none."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = Registry(config.artifacts)
+        self._lock = threading.Lock()
+        self._model: OnnxClassifier | None = None
+        self.refused: str | None = None
+        self.last_error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self) -> OnnxClassifier:
+        model = self._model
+        if model is None:
+            raise ApiError(503, "no_model", f"no model is being served: {self.last_error or 'none loaded yet'}; "
+                                            "promote a good one (imgcls promote VERSION)", {"Retry-After": "5"})
+        return model
+
+    def load(self, ref: str) -> OnnxClassifier:
+        """Load, verify, warm up and check one version; raises on any failure."""
+        model = OnnxClassifier(self.registry.resolve(ref), device=self.config.device,
+                               threads=self.config.ort_threads or None)
+        s = model.preprocess.input_size
+        for n in (1, min(8, self.config.max_batch_size)):
+            model.predict(np.zeros((n, 3, s, s), np.float32))
+        check_outputs(model, model.predict(self._check_batch(s)))
+        log.info("loaded model %s on %s (providers %s)", model.version, model.device, model.providers)
+        return model
+
+    @staticmethod
+    def _check_batch(size: int) -> np.ndarray:
+        """A fixed, image-like batch (smooth random colour fields) for the output check."""
+        rng = np.random.default_rng(0)
+        low = rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)
+        return np.repeat(np.repeat(low, size // 8 + 1, axis=2), size // 8 + 1, axis=3)[:, :, :size, :size].copy()
+
+    def reload(self) -> dict[str, Any]:
+        """Load what ``MODEL`` names now and swap it in; a broken version is refused and the old one stays."""
+        with self._lock:
+            old = self._model
+            try:
+                target = self.registry.resolve(self.config.model).name
+            except ModelError as e:
+                self.last_error = str(e)
+                raise ApiError(409, "no_model", str(e)) from e
+            if old is not None and target == old.version:
+                return {"version": old.version, "previous": old.version, "changed": False}
+            try:
+                new = self.load(self.config.model)
+            except Exception as e:  # noqa: BLE001 - any failure to load keeps the old model serving
+                RELOAD_FAILURES.labels(version=target).inc()
+                self.refused, self.last_error = target, f"model {target} was refused: {e}"
+                log.error("refused model %s, still serving %s: %s", target, old and old.version, e)
+                raise ApiError(422, "model_refused", self.last_error) from e
+            self._model = new  # one reference assignment: each batch uses the old or the new session whole
+            if old is not None:
+                MODEL_INFO.labels(version=old.version, device=old.device, variant=_variant(old)).set(0)
+            MODEL_INFO.labels(version=new.version, device=new.device, variant=_variant(new)).set(1)
+            self.refused, self.last_error = None, None
+            log.info("serving model %s (previous: %s)", new.version, old and old.version)
+            return {"version": new.version, "previous": old and old.version, "changed": True}
+
+    def withdraw(self, model: OnnxClassifier, reason: str) -> None:
+        """Stop serving ``model`` after it failed at inference time (readiness turns 503 until a good one loads)."""
+        with self._lock:
+            if self._model is model:
+                self._model, self.refused, self.last_error = None, model.version, reason
+                MODEL_INFO.labels(version=model.version, device=model.device, variant=_variant(model)).set(0)
+                log.error("withdrew model %s: %s", model.version, reason)
+
+    def start_watching(self) -> None:
+        if self.config.model == "current" and self.config.poll_seconds > 0:
+            threading.Thread(target=self._watch, name="model-watcher", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.config.poll_seconds)
+            try:
+                current = self.registry.current()
+                if current and current not in (self._model and self._model.version, self.refused):
+                    self.reload()
+            except ApiError:
+                pass  # logged and counted in reload()
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad moment of the registry
+                log.exception("model watcher: reload failed")
+
+
+def _variant(model: OnnxClassifier) -> str:
+    return getattr(model, "variant", "fp32")

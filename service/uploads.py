@@ -1,0 +1,161 @@
+"""Request bodies for the upload endpoints, checked before BentoML parses them.
+
+BentoML's typed endpoints read multipart forms. This ASGI middleware lets the same endpoints take a raw
+``image/*`` (or octet-stream) body and query parameters (``?k=1``), as ``curl --data-binary`` users send them,
+by rewriting such requests into the multipart form the endpoint declares. On the way it enforces what BentoML
+does not: a body-size limit (413), a stalled-upload timeout (408), file fields that hold files (a text field named
+``image`` would make BentoML download a URL), a file count limit, and JSON errors naming the problem.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+import anyio
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from service.errors import ApiError
+
+
+@dataclass(frozen=True)
+class UploadRoute:
+    file_field: str  # the endpoint's file parameter
+    max_files: int
+    params: frozenset[str]  # the endpoint's other parameters, accepted as form fields or query parameters
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _part(name: str, value: bytes, filename: str | None = None, ctype: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    head = f"Content-Disposition: {disposition}\r\n" + (f"Content-Type: {ctype}\r\n" if ctype else "")
+    return head.encode() + b"\r\n" + value
+
+
+def encode_multipart(files: list[tuple[str, str, str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
+    """(body, content type) of a multipart form: ``files`` as (field, filename, content type, data)."""
+    boundary = os.urandom(16).hex()
+    parts = [_part(k, v.encode()) for k, v in fields.items()]
+    parts += [_part(field, data, name, ctype) for field, name, ctype, data in files]
+    sep = f"--{boundary}\r\n".encode()
+    body = b"".join(sep + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class UploadRequests:
+    """ASGI middleware in front of the upload endpoints (``routes``: path -> :class:`UploadRoute`)."""
+
+    def __init__(self, app, routes: dict[str, UploadRoute], max_body_bytes: int, stall_timeout_s: float) -> None:
+        self.app, self.routes = app, routes
+        self.max_body_bytes, self.stall_timeout_s = max_body_bytes, stall_timeout_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        try:
+            body = await self._read_body(scope, receive)
+            scope, body = await self._canonical(scope, body, route)
+        except ApiError as e:
+            return await e.response()(scope, receive, send)
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: wait for the disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, scope, receive) -> bytes:
+        limit = self.max_body_bytes
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "body_too_large", f"request body is {int(declared)} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        while True:
+            with anyio.move_on_after(self.stall_timeout_s) as scope_timer:
+                message = await receive()
+            if scope_timer.cancelled_caught:
+                raise ApiError(408, "request_timeout",
+                               f"no part of the request body arrived for {self.stall_timeout_s:g} s")
+            if message["type"] == "http.disconnect":
+                raise ApiError(400, "client_disconnected", "the client went away before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _canonical(self, scope, body: bytes, route: UploadRoute) -> tuple[dict, bytes]:
+        """The request as the multipart form the endpoint declares (unchanged when it already is one)."""
+        headers = dict(scope["headers"])
+        ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=False))
+        unknown = set(query) - route.params
+        if unknown:
+            raise ApiError(400, "bad_parameter", f"unknown parameter(s) {sorted(unknown)}; "
+                                                 f"this endpoint takes {sorted(route.params) or 'none'}")
+        if not body:
+            raise ApiError(400, "empty", "the request body is empty; send an image")
+        if ctype == "multipart/form-data":
+            files, fields, rename = await self._read_form(scope, body, route)
+            if not query and not rename:
+                return scope, body
+        elif ctype.startswith("image/") or ctype in ("application/octet-stream", ""):
+            files, fields = [(route.file_field, "upload", ctype or "application/octet-stream", body)], {}
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           f"Content-Type {ctype!r}: send multipart/form-data with the image as field "
+                           f"{route.file_field!r}, or the raw image bytes with an image/* Content-Type")
+        new_body, new_type = encode_multipart(files, {**fields, **query})
+        new_headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        new_headers += [(b"content-type", new_type.encode()), (b"content-length", str(len(new_body)).encode())]
+        return {**scope, "headers": new_headers, "query_string": b""}, new_body
+
+    async def _read_form(self, scope, body: bytes, route: UploadRoute
+                         ) -> tuple[list[tuple[str, str, str, bytes]], dict[str, str], bool]:
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(scope, receive).form(max_files=route.max_files + 1, max_fields=16)
+        except Exception as e:  # noqa: BLE001 - python-multipart raises several types on malformed input
+            detail = str(getattr(e, "detail", None) or e)
+            if "Too many files" in detail:
+                raise ApiError(413, "too_many_images", f"more than {route.max_files} image(s) in one request") from e
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {detail}") from e
+        files, fields, rename = [], {}, False
+        try:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    rename |= key != route.file_field
+                    name = _SAFE_NAME.sub("_", os.path.basename(value.filename or "upload"))[-64:] or "upload"
+                    rename |= name != value.filename
+                    files.append((route.file_field, name, value.content_type or "application/octet-stream",
+                                  await value.read()))
+                elif key in route.params:
+                    fields[key] = value
+                elif key == route.file_field:
+                    raise ApiError(400, "no_image", f"field {key!r} must be a file upload, not text")
+                else:
+                    raise ApiError(400, "bad_parameter", f"unknown form field {key!r}; this endpoint takes a file "
+                                                         f"field {route.file_field!r} and {sorted(route.params)}")
+        finally:
+            await form.close()
+        if not files:
+            raise ApiError(400, "no_image", f"the multipart form has no file; send the image as field "
+                                            f"{route.file_field!r}")
+        if len(files) > route.max_files:
+            raise ApiError(413, "too_many_images", f"{len(files)} images in one request; the limit is {route.max_files}")
+        if not all(data for _, _, _, data in files):
+            raise ApiError(400, "empty", "an uploaded file is empty; send an image")
+        return files, fields, rename
