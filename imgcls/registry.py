@@ -29,7 +29,7 @@ class ModelError(RuntimeError):
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("ARTIFACTS_DIR", PROJECT_ROOT / "artifacts"))
+    return Path(os.environ.get("ARTIFACTS_DIR") or PROJECT_ROOT / "artifacts")
 
 
 def sha256_file(path: Path) -> str:

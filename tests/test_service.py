@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import bentoml
 import httpx
 import numpy as np
 import pytest
@@ -15,17 +17,22 @@ import yaml
 from PIL import Image
 
 from imgcls.registry import Registry
+from bench.common import free_port, server as start_server
 from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_cli, serve
 
 pytestmark = needs_data
 TOKEN = "test-admin-token"
 
 
+FEEDBACK: dict[str, Path] = {}
+LOG: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def server(trained: Path, tmp_path_factory) -> str:
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    feedback = tmp_path_factory.mktemp("feedback")
-    with serve(trained, log, ADMIN_TOKEN=TOKEN, FEEDBACK_DIR=str(feedback)) as url:
+    LOG["server"] = tmp_path_factory.mktemp("server") / "server.log"
+    FEEDBACK["dir"] = tmp_path_factory.mktemp("feedback")
+    with serve(trained, LOG["server"], ADMIN_TOKEN=TOKEN, FEEDBACK_DIR=str(FEEDBACK["dir"])) as url:
         yield url
 
 
@@ -95,8 +102,9 @@ def test_classify_batch_keeps_order_and_isolates_bad_images(server: str) -> None
     r = httpx.post(f"{server}/classify_batch", files=files, timeout=60)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x.get("label") for x in results] == ["cat", None, "dog"]
-    assert results[1]["error"] == "not_an_image" and results[1]["filename"] == "bad.jpg"
+    assert [(x["result"] or {}).get("label") for x in results] == ["cat", None, "dog"]
+    assert [x["index"] for x in results] == [0, 1, 2]
+    assert (results[1]["error"], results[1]["status"]) == ("not_an_image", 415)
 
 
 def test_64_concurrent_requests_succeed_in_batches_larger_than_one(server: str) -> None:
@@ -122,7 +130,55 @@ def test_metrics_name_labels_reasons_and_model_version(server: str) -> None:
     assert metric(text, "imgcls_rejected_inputs_total", reason="not_an_image") >= 1
     assert metric(text, "imgcls_model_info", version=version) == 1
     assert metric(text, "imgcls_decode_seconds_count") > 0 and metric(text, "imgcls_inference_seconds_count") > 0
-    assert "bentoml_service_request_total" in text or "bentoml_api_server_request_total" in text
+    assert metric(text, "imgcls_http_requests_total", endpoint="/classify", status="415") >= 1
+
+
+def test_unknown_paths_share_one_metric_label_and_get_json_404_405(server: str) -> None:
+    for i in range(20):
+        r = httpx.get(f"{server}/no/such/path-{i}")
+        assert r.status_code == 404 and r.json()["error"] == "not_found" and r.json()["detail"]
+    r = httpx.get(f"{server}/classify")
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+    text = httpx.get(f"{server}/metrics").text
+    assert "path-1" not in text and metric(text, "imgcls_http_requests_total", endpoint="other") >= 20
+    series = len([l for l in text.splitlines() if l and not l.startswith("#")])
+    for i in range(20, 40):
+        httpx.get(f"{server}/other/path-{i}")
+    assert len([l for l in httpx.get(f"{server}/metrics").text.splitlines() if l and not l.startswith("#")]) == series
+
+
+def test_request_id_is_echoed_and_every_log_line_is_json(server: str) -> None:
+    r = httpx.post(f"{server}/classify", files={"image": photos("cat", 1)[0].read_bytes()},
+                   headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    made = httpx.get(f"{server}/model").headers["x-request-id"]
+    assert len(made) == 32 and made != "trace-42"
+    time.sleep(0.5)
+    lines = [json.loads(l) for l in LOG["server"].read_text().splitlines()[1:] if l.strip()]  # line 1: BentoML's CLI
+    access = [l for l in lines if l.get("logger") == "imgcls.access" and l.get("request_id") == "trace-42"]
+    assert access and access[0]["path"] == "/classify" and access[0]["status"] == 200
+
+
+def test_bentoml_client_and_openapi_describe_every_upload(server: str, tmp_path: Path) -> None:
+    cat = photos("cat", 1)[0]
+    with bentoml.SyncHTTPClient(server) as client:
+        answer = client.classify(image=cat)
+        assert answer["label"] == "cat" and answer["model"]["version"]
+        batch = client.classify_batch(images=[cat, photos("dog", 1)[0]])
+        assert [x["result"]["label"] for x in batch["results"]] == ["cat", "dog"]
+        png = client.explain(image=cat)
+        assert Image.open(png).size == (224, 224)
+        with pytest.raises(bentoml.exceptions.BentoMLException, match="not_an_image"):
+            client.classify(image=Path(__file__))
+    spec = httpx.get(f"{server}/docs.json").json()
+    for route, field in (("/classify", "image"), ("/classify_batch", "images"), ("/explain", "image"),
+                         ("/feedback", "image")):
+        body = spec["paths"][route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert field in body["required"], route
+    assert "k" in spec["paths"]["/classify"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"][
+        "properties"]
+    assert "image/png" in spec["paths"]["/explain"]["post"]["responses"]["200"]["content"]
+    assert httpx.get(f"{server}/").status_code == 200 and httpx.get(f"{server}/docs").status_code == 404
 
 
 def test_model_endpoint_reports_metadata_and_real_providers(server: str) -> None:
@@ -150,8 +206,8 @@ def test_feedback_is_stored_once_with_checked_labels(server: str) -> None:
     data = photos("cat", 2)[0].read_bytes()
     first = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"})
     assert first.status_code == 201, first.text
-    stored = Path(first.json()["stored"])
-    assert stored.read_bytes() == data and stored.parent.name == "cat" and not first.json()["duplicate"]
+    stored = next((FEEDBACK["dir"] / "cat").glob(f"{first.json()['sha256']}.*"))
+    assert not first.json()["duplicate"]
     again = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"})
     assert again.json()["duplicate"] and len(list(stored.parent.iterdir())) == 1
     assert httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "horse"}).status_code == 422
@@ -162,6 +218,7 @@ def test_feedback_is_stored_once_with_checked_labels(server: str) -> None:
 def test_admin_reload_needs_the_token(server: str) -> None:
     assert httpx.post(f"{server}/admin/reload").status_code == 401
     assert httpx.post(f"{server}/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(f"{server}/admin/reload", headers={"Authorization": TOKEN}).status_code == 401  # no "Bearer "
     r = httpx.post(f"{server}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and r.json()["changed"] is False
 
@@ -185,7 +242,7 @@ def test_not_ready_until_a_model_is_promoted(trained: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_bentoml_build_packs_service_and_model_but_no_photos(trained: Path, tmp_path: Path) -> None:
+def test_built_bento_serves_a_real_photo_and_packs_no_photo(trained: Path, tmp_path: Path) -> None:
     ctx = tmp_path / "ctx"
     for name in ("imgcls", "service"):
         shutil.copytree(ROOT / name, ctx / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -197,13 +254,20 @@ def test_bentoml_build_packs_service_and_model_but_no_photos(trained: Path, tmp_
     out = subprocess.run([PY, "-m", "bentoml", "build", str(ctx), "--output", "tag"], cwd=ctx, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     bento = next((home / "bentos" / "image_classifier").glob("*/src"))
     files = {p.relative_to(bento).as_posix() for p in bento.rglob("*") if p.is_file()}
     version = Registry(trained).current()
-    assert {"service/service.py", "imgcls/onnx_model.py", "artifacts/current",
-            f"artifacts/models/{version}/model.onnx"} <= files
+    assert {"service/service.py", "service/static/demo.html", "imgcls/onnx_model.py", "artifacts/current",
+            f"artifacts/models/{version}/model.onnx", f"artifacts/models/{version}/metadata.json"} <= files
     assert not [f for f in files if f.lower().endswith((".jpg", ".jpeg", ".png"))]
-    assert not [f for f in files if "/cache/" in f or f.startswith("tests/")]
+    assert not [f for f in files if "/cache/" in f or "/report/" in f or f.startswith("tests/")]
+    port = free_port()
+    cmd = [PY, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    with start_server(cmd, port, env={**env, "BENTOML_DISABLE_GPU_ALLOCATION": "1"},
+                      log=tmp_path / "bento.log", timeout=120) as url:
+        r = httpx.post(f"{url}/classify", files={"image": photos("dog", 1)[0].read_bytes()}, timeout=60)
+        assert r.status_code == 200 and r.json()["label"] == "dog" and r.json()["model"]["version"] == version
 
 
 def test_compose_file_is_valid() -> None:

@@ -1,0 +1,219 @@
+"""Every endpoint and every error of the HTTP API, in process: BentoML's own ASGI app (both services, the model
+one as a local dependency) under Starlette's test client, on the tiny model. No photos, no network, no server."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from tests import synthetic
+
+TOKEN = "fast-admin-token"
+SETTINGS = {"MODEL_POLL_S": "0", "ADMIN_TOKEN": TOKEN, "MAX_BODY_BYTES": str(2_000_000), "MAX_BATCH_IMAGES": "4",
+            "BENTOML_DO_NOT_TRACK": "true"}
+
+
+@pytest.fixture(scope="module")
+def api(tiny_registry: Path, tmp_path_factory):
+    """The service's ASGI app on ``tiny_registry``; settings are read when service.service is imported."""
+    feedback = tmp_path_factory.mktemp("feedback")
+    mp = pytest.MonkeyPatch()
+    for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry), "FEEDBACK_DIR": str(feedback)}.items():
+        mp.setenv(k, v)
+    import service.config, service.inference, service.service  # noqa: E401
+    for module in (service.config, service.inference, service.service):
+        importlib.reload(module)
+    with TestClient(service.service.ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
+        client.feedback_dir = feedback
+        yield client
+    mp.undo()
+
+
+def jpeg(label: str, seed: int = 0) -> bytes:
+    return synthetic.image_bytes(label, 50_000 + seed)
+
+
+def up(data: bytes, name: str = "x.jpg", ctype: str = "image/jpeg") -> dict:
+    return {"image": (name, data, ctype)}
+
+
+def assert_error(r, status: int, reason: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["error"] == reason and isinstance(body["detail"], str) and body["detail"], body
+
+
+def test_classify_multipart_and_raw_body_agree_and_are_right(api) -> None:
+    for label in synthetic.CLASSES:
+        a = api.post("/classify", files=up(jpeg(label))).json()
+        b = api.post("/classify", content=jpeg(label), headers={"content-type": "image/jpeg"}).json()
+        assert a == b and a["label"] == label, a
+        assert [p["label"] for p in a["probabilities"]][0] == label and len(a["probabilities"]) == 3
+        assert sum(p["score"] for p in a["probabilities"]) == pytest.approx(1, abs=1e-5)
+        assert a["model"]["name"] == "tiny" and a["model"]["version"] and a["model"]["variant"]
+
+
+def test_top_k_from_query_or_form(api) -> None:
+    assert len(api.post("/classify?k=1", files=up(jpeg("red"))).json()["probabilities"]) == 1
+    assert len(api.post("/classify", files=up(jpeg("red")), data={"k": "2"}).json()["probabilities"]) == 2
+    r = api.post("/classify?k=2", content=jpeg("red"), headers={"content-type": "image/png"})
+    assert len(r.json()["probabilities"]) == 2
+
+
+@pytest.mark.parametrize(("request_kwargs", "status", "reason"), [
+    ({"content": b"", "headers": {"content-type": "image/jpeg"}}, 400, "empty"),
+    ({"files": up(b"this is text, not an image", "a.txt", "text/plain")}, 415, "not_an_image"),
+    ({"content": b"\xff\xd8\xff\xe0" + b"\x00" * 100, "headers": {"content-type": "image/jpeg"}}, 422, "corrupt"),
+    ({"content": b'{"image": "http://127.0.0.1/cat.jpg"}', "headers": {"content-type": "application/json"}}, 415,
+     "unsupported_media_type"),
+    ({"data": {"image": "http://127.0.0.1/cat.jpg"}}, 415, "unsupported_media_type"),
+    ({"files": {"k": (None, "1")}, "data": {"image": "http://127.0.0.1/cat.jpg"}}, 400, "no_image"),
+    ({"files": up(b"", "empty.jpg")}, 400, "empty"),
+    ({"content": b"\x00" * 2_000_001, "headers": {"content-type": "image/jpeg"}}, 413, "body_too_large"),
+    ({"files": up(jpeg("red")), "data": {"k": "abc"}}, 400, "bad_parameter"),
+    ({"files": up(jpeg("red")), "data": {"k": "0"}}, 400, "bad_parameter"),
+    ({"files": up(jpeg("red")), "data": {"color": "1"}}, 400, "bad_parameter"),
+])
+def test_bad_requests_get_4xx_json(api, request_kwargs: dict, status: int, reason: str) -> None:
+    assert_error(api.post("/classify", **request_kwargs), status, reason)
+
+
+def test_bad_query_parameters_and_truncated_images(api) -> None:
+    assert_error(api.post("/classify?k=9", files=up(jpeg("red"))), 400, "bad_parameter")
+    assert_error(api.post("/classify?size=9", files=up(jpeg("red"))), 400, "bad_parameter")
+    data = jpeg("green")
+    assert_error(api.post("/classify", files=up(data[: len(data) // 2])), 422, "corrupt")
+    bomb = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(bomb, "PNG")
+    assert_error(api.post("/classify", files=up(bomb.getvalue(), "bomb.png", "image/png")), 413, "too_many_pixels")
+
+
+def test_classify_batch_keeps_order_isolates_bad_images_and_limits_count(api) -> None:
+    files = [("images", ("a.jpg", jpeg("red"), "image/jpeg")), ("images", ("b.txt", b"nope", "text/plain")),
+             ("images", ("c.png", synthetic.image_bytes("blue", 7, "PNG"), "image/png"))]
+    r = api.post("/classify_batch?k=1", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["index"] for x in results] == [0, 1, 2]
+    assert [(x["result"] or {}).get("label") for x in results] == ["red", None, "blue"]
+    assert (results[1]["error"], results[1]["status"]) == ("not_an_image", 415)
+    assert len(results[0]["result"]["probabilities"]) == 1
+    assert_error(api.post("/classify_batch", files=[("images", ("a.jpg", jpeg("red"), "image/jpeg"))] * 5), 413,
+                 "too_many_images")
+
+
+def test_explain_png_and_json(api) -> None:
+    r = api.post("/explain", files=up(jpeg("green")))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    size = api.get("/model").json()["preprocessing"]["input_size"]
+    assert Image.open(io.BytesIO(r.content)).size == (size, size)
+    assert r.headers["x-label"] == "green" and float(r.headers["x-score"]) > 0.5 and r.headers["x-model-version"]
+    j = api.post("/explain?format=json&label=red", content=jpeg("green"), headers={"content-type": "image/jpeg"})
+    cam = np.asarray(j.json()["cam"])
+    assert j.json()["label"] == "red" and cam.ndim == 2 and cam.min() == pytest.approx(0) and cam.max() <= 1
+    assert_error(api.post("/explain?label=zebra", files=up(jpeg("red"))), 422, "unknown_label")
+    assert_error(api.post("/explain?format=gif", files=up(jpeg("red"))), 400, "bad_parameter")
+
+
+def test_model_get_and_post(api, tiny_registry: Path) -> None:
+    got, posted = api.get("/model"), api.post("/model")
+    assert got.status_code == posted.status_code == 200
+    assert got.json() == posted.json()
+    info = got.json()
+    assert info["labels"] == list(synthetic.CLASSES) and info["version"] == (tiny_registry / "current").read_text().strip()
+    assert info["runtime"]["providers"] == ["CPUExecutionProvider"] and info["runtime"]["device"] == "cpu"
+    assert "history" not in info and not any("token" in k for k in info["runtime"]["config"])
+
+
+def test_feedback_stores_once_and_checks_label(api) -> None:
+    data = jpeg("blue", 3)
+    first = api.post("/feedback", files=up(data), data={"label": "blue"})
+    assert first.status_code == 201, first.text
+    assert not first.json()["duplicate"]
+    assert len(list((api.feedback_dir / "blue").iterdir())) == 1
+    again = api.post("/feedback?label=blue", content=data, headers={"content-type": "image/jpeg"})
+    assert again.status_code == 201 and again.json()["duplicate"]
+    assert_error(api.post("/feedback", files=up(data), data={"label": "horse"}), 422, "unknown_label")
+    assert_error(api.post("/feedback", files=up(data)), 400, "bad_parameter")
+    assert_error(api.post("/feedback", files=up(b"text", "a.txt", "text/plain"), data={"label": "red"}), 415,
+                 "not_an_image")
+
+
+def test_admin_reload_needs_a_bearer_token(api) -> None:
+    assert_error(api.post("/admin/reload"), 401, "unauthorized")
+    assert_error(api.post("/admin/reload", headers={"authorization": TOKEN}), 401, "unauthorized")
+    assert_error(api.post("/admin/reload", headers={"authorization": "Bearer wrong"}), 401, "unauthorized")
+    r = api.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200 and r.json()["changed"] is False
+
+
+def test_unknown_paths_and_methods_are_json_and_share_a_metric_label(api) -> None:
+    for i in range(5):
+        assert_error(api.get(f"/nope-{i}"), 404, "not_found")
+    assert_error(api.get("/classify"), 405, "method_not_allowed")
+    assert_error(api.delete("/model"), 405, "method_not_allowed")
+    text = api.get("/metrics").text
+    assert "nope-" not in text and 'endpoint="other"' in text
+    assert 'imgcls_http_requests_total{endpoint="/classify",method="POST",status="200"}' in text
+    assert "imgcls_rejected_inputs_total" in text and "imgcls_model_batch_size_bucket" in text
+
+
+def test_request_id_is_echoed_or_made(api) -> None:
+    assert api.get("/model", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    made = api.get("/model", headers={"x-request-id": "bad id\twith spaces"}).headers["x-request-id"]
+    assert len(made) == 32 and " " not in made
+
+
+def test_docs_page_schema_and_demo(api) -> None:
+    spec = api.get("/docs.json").json()
+    for route, field in (("/classify", "image"), ("/classify_batch", "images"), ("/explain", "image"),
+                         ("/feedback", "image")):
+        schema = spec["paths"][route]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert field in schema["required"] and schema["properties"][field].get("format") == "binary" or \
+            schema["properties"][field]["items"]["format"] == "binary"
+    assert "image/png" in spec["paths"]["/explain"]["post"]["responses"]["200"]["content"]
+    assert api.get("/").status_code == 200
+    demo = api.get("/demo")
+    assert demo.status_code == 200 and demo.headers["content-type"].startswith("text/html")
+
+
+def test_a_stalled_upload_gets_408_and_a_steady_one_completes() -> None:
+    from service.uploads import UploadRequests, UploadRoute
+
+    async def echo(scope, receive, send) -> None:
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+    app = UploadRequests(echo, {"/classify": UploadRoute("image", 1, frozenset())}, 10_000, stall_timeout_s=0.2)
+    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+             "headers": [(b"content-type", b"image/jpeg")]}
+
+    async def run(chunks: list[bytes], pause: float) -> tuple[int, bytes]:
+        sent: list[dict] = []
+        queue = list(chunks)
+
+        async def receive() -> dict:
+            await asyncio.sleep(pause)
+            chunk = queue.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, body = asyncio.run(run([b"x" * 100] * 5, pause=0.05))  # slow but steady
+    assert status == 200 and int(json.loads(body) if body.isdigit() else 0) > 0
+    status, body = asyncio.run(run([b"x" * 100] * 5, pause=0.5))  # stalled
+    assert status == 408 and json.loads(body)["error"] == "request_timeout"
