@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from imgcls.registry import ModelError, Registry
+from imgcls.registry import ModelError, Registry, public_metadata
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
 from training.models import BACKBONES, WeightsError
@@ -84,11 +84,7 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
 
 def cmd_show(args: argparse.Namespace, registry: Registry) -> int:
     meta = registry.metadata(args.model)
-    if not args.full:
-        meta.pop("history", None)
-        for split in meta.get("metrics", {}).values():
-            split.pop("misclassified", None)
-    print(json.dumps(meta, indent=2))
+    print(json.dumps(meta if args.full else public_metadata(meta), indent=2))
     return 0
 
 

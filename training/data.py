@@ -12,11 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgcls.images import IMAGE_SUFFIXES
 from imgcls.registry import PROJECT_ROOT, sha256_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "catsdogs"
 
@@ -49,17 +49,6 @@ class Dataset:
             for path, label in sorted(self.splits[split], key=lambda s: (s[1], s[0].name, str(s[0]))):
                 h.update(f"{split}\t{self.classes[label]}\t{path.name}\t{sha256_file(path)}\n".encode())
         return h.hexdigest()
-
-    def merged(self, other: "Dataset") -> "Dataset":
-        """This data plus ``other``'s files, mapped onto this dataset's class names (unknown names are an error)."""
-        unknown = set(other.classes) - set(self.classes)
-        if unknown:
-            raise DataError(f"{other.root} has classes {sorted(unknown)} that {self.root} does not have {self.classes}")
-        index = {c: i for i, c in enumerate(self.classes)}
-        splits = {s: list(items) for s, items in self.splits.items()}
-        for s, items in other.splits.items():
-            splits.setdefault(s, []).extend((p, index[other.classes[l]]) for p, l in items)
-        return Dataset(f"{self.root}+{other.root}", self.layout, list(self.classes), splits, self.ignored + other.ignored)
 
 
 def default_data_dir() -> Path:
