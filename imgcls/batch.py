@@ -400,8 +400,8 @@ def format_summary(s: dict, output: Path) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m imgcls.batch", description=__doc__.split("\n\n")[0],
+def parse_args(argv: list[str] | None = None, prog: str = "python -m imgcls.batch") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="a folder (recursive), a glob (quote it) or a CSV list of paths")
     p.add_argument("--output", required=True, type=Path, help="results file: .jsonl, or .csv for CSV rows")
@@ -424,8 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m imgcls.batch") -> int:
+    args = parse_args(argv, prog)
     opts = Options(batch_size=args.batch_size, workers=args.workers, threads=args.threads, prefetch=args.prefetch,
                    decode_nice=args.decode_nice, device=args.device, progress=not args.no_progress,
                    actors=args.actors, actor_cpus=args.actor_cpus)
