@@ -1,4 +1,4 @@
-# Two commands do everything on a fresh clone: `make serve` and `make test`.
+# Two commands do everything on a fresh clone: `make serve` and `make test` (`make test-fast`: the fast tier only).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PORT ?= 3000
 SERVE_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo serve-gpu || echo serve)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test bench clean
+.PHONY: setup serve train test test-fast bench clean
 
 setup: $(VENV)/.installed-$(SERVE_EXTRA)
 
@@ -29,8 +29,13 @@ serve: setup
 	$(PY) -m training train --if-no-current
 	$(PY) -m bentoml serve service.service:ImageClassifier --host 0.0.0.0 --port $(PORT)
 
-test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+# The fast tier: synthetic images and a tiny model trained in seconds; no ../shared data, no network, about a minute.
+test-fast: setup
+	$(PY) -m pytest -q -r s --durations=5 tests/fast $(PYTEST_ARGS)
+
+# The fast tier, then the end-to-end tier: the real photos, real training, a real server (minutes).
+test: test-fast
+	$(PY) -m pytest -q -r s tests --ignore=tests/fast $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.bench_decode --json bench/results/decode.json

@@ -2,7 +2,7 @@
 
     python -m bench.bench_batch [--artifacts DIR] [--model current] [--data DIR] [--rounds 3] [--json FILE]
 
-- job: ``service.batch``'s local engine on the photos (read, decode, preprocess, ONNX, write + fsync the rows),
+- job: ``imgcls.batch``'s local engine on the photos (read, decode, preprocess, ONNX, write + fsync the rows),
   model loading excluded.
 - model only: ONNX Runtime on the same images already preprocessed into tensors, same batch size, same session.
 - decode only: the decoding threads alone (``imgcls.loader``).
@@ -29,7 +29,7 @@ from bench.common import DATA
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import ModelError, Registry
-from service.batch import Options, ResultsFile, find_inputs, run_local
+from imgcls.batch import Options, ResultsFile, find_inputs, run_local
 
 DEFAULT_DATA = DATA / "test"
 TARGET_RATIO = 0.9

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, load, metric, pct, server, test_photos
+from bench.common import load, pct, test_photos
 from imgcls.images import decode_image
+from imgcls.live_server import free_port, metric, server_process
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import Registry
@@ -70,7 +71,7 @@ def main() -> None:
     log = Path(tempfile.gettempdir()) / "bench_serving.log"
     cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
            "--port", str(port)]
-    with server(cmd, port, env, log) as url:
+    with server_process(cmd, port, env, log) as url:
         load(url, bodies[:64], args.clients, 128)  # warm-up
         unloaded = []
         with httpx.Client() as c:
@@ -95,7 +96,7 @@ def main() -> None:
 
     if not args.skip_naive:
         port = free_port()
-        with server([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)], port) as url:
+        with server_process([sys.executable, "-m", "bench.naive_server", str(model_dir), str(port)], port) as url:
             load(url, bodies[:16], args.clients, 32)
             results["naive"] = load(url, bodies, args.clients, args.requests // 2)
 

@@ -1,22 +1,14 @@
-"""What the benchmarks share: the project's test photos, servers on free ports, a load generator, percentiles."""
+"""What the benchmarks share: the project's test photos, a load generator, percentiles. Servers on free ports and
+metrics come from :mod:`imgcls.live_server`."""
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "catsdogs"
+from training.data import SHARED_DATA as DATA
 
 
 def test_photos() -> list[Path]:
@@ -24,45 +16,6 @@ def test_photos() -> list[Path]:
     if not photos:
         sys.exit(f"no photos under {DATA / 'test'}: the benchmarks read the project's test photos in place")
     return photos
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def server(cmd: list[str], port: int, env: dict[str, str] | None = None, log: Path | None = None,
-           probe: str = "/readyz", timeout: float = 120) -> Iterator[str]:
-    """Start ``cmd`` (listening on ``port``), wait until ``probe`` answers 200, yield the URL, SIGTERM it after."""
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "BENTOML_DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1",
-                                 **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                tail = log.read_text()[-4000:] if log else ""
-                raise RuntimeError(f"{cmd} exited {proc.returncode}:\n{tail}")
-            try:
-                if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{cmd} not ready in {timeout:.0f} s:\n{log.read_text()[-4000:] if log else ''}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def load(url: str, bodies: list[bytes], clients: int, total: int) -> dict:
@@ -102,7 +55,3 @@ def load(url: str, bodies: list[bytes], clients: int, total: int) -> dict:
 
 def pct(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000, q))
-
-
-def metric(text: str, name: str) -> float:
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.cam import class_activation_map
 from imgcls.preprocess import Preprocess
 from imgcls.registry import HEAD_FILE, ONNX_FILE, verify
 
@@ -90,10 +91,7 @@ class OnnxClassifier:
         """CAM for one image's feature map (K, h, w): the head's class weights over channels, scaled to [0, 1]."""
         if self.head is None:
             raise ValueError(f"model {self.version} has no linear head over pooled features, so no CAM")
-        cam = np.tensordot(self.head["weight"][class_index], fmap, axes=(0, 0))
-        cam -= cam.min()
-        peak = cam.max()
-        return cam / peak if peak > 0 else cam
+        return class_activation_map(self.head["weight"][class_index], fmap)
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         s = self.preprocess.input_size

@@ -35,15 +35,20 @@ class Preprocess:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std), "layout": "NCHW", "dtype": "float32"}
 
     def resize_crop(self, img: Image.Image) -> Image.Image:
-        """Shorter side to ``resize_size`` (bilinear, antialiased), then the centre ``input_size`` square.
+        """Shorter side to ``resize_size`` (bilinear, antialiased), then the centre ``input_size`` square: the
+        pixels of torchvision's ``Resize(resize_size)`` + ``CenterCrop(input_size)`` (tests/fast check it).
 
         Done as one resize of the source region that the crop keeps (Pillow's ``box``): the same pixels as
         resizing the whole image and cropping (within rounding), at about half the cost.
         """
         w, h = img.size
-        scale = self.resize_size / min(w, h)
-        nw, nh = max(self.input_size, round(w * scale)), max(self.input_size, round(h * scale))
-        left, top = (nw - self.input_size) // 2, (nh - self.input_size) // 2
+        # The resized size exactly as torchvision's Resize(resize_size) computes it (the long side truncated).
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(self.resize_size * long / short)
+        nw, nh = (self.resize_size, new_long) if w <= h else (new_long, self.resize_size)
+        nw, nh = max(self.input_size, nw), max(self.input_size, nh)
+        # CenterCrop's offsets, with Python's round() as torchvision rounds them (half to even).
+        left, top = int(round((nw - self.input_size) / 2)), int(round((nh - self.input_size) / 2))
         sx, sy = nw / w, nh / h
         box = (left / sx, top / sy, (left + self.input_size) / sx, (top + self.input_size) / sy)
         return img.resize((self.input_size, self.input_size), Image.BILINEAR, box=box)

@@ -32,6 +32,22 @@ def default_root() -> Path:
     return Path(os.environ.get("ARTIFACTS_DIR") or PROJECT_ROOT / "artifacts")
 
 
+def default_feedback_dir(root: Path | str) -> Path:
+    """Where the service stores POST /feedback images and retraining reads them: ``$FEEDBACK_DIR``, else
+    ``<root>/feedback`` for the registry folder ``root``."""
+    return Path(os.environ.get("FEEDBACK_DIR") or Path(root) / "feedback")
+
+
+def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """A version's metadata without the bulky parts (per-epoch history, misclassified files), as ``GET /model``
+    and ``show`` print it. ``meta`` is not changed."""
+    out = {k: v for k, v in meta.items() if k != "history"}
+    if isinstance(meta.get("metrics"), dict):
+        out["metrics"] = {split: {k: v for k, v in m.items() if k != "misclassified"} if isinstance(m, dict) else m
+                          for split, m in meta["metrics"].items()}
+    return out
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -147,16 +163,6 @@ class Registry:
         with open(self.root / "promotions.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         return model_dir.name
-
-
-def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` without what only a full report needs (training history, lists of misclassified files)."""
-    meta = json.loads(json.dumps(meta))
-    meta.pop("history", None)
-    for split in meta.get("metrics", {}).values():
-        if isinstance(split, dict):
-            split.pop("misclassified", None)
-    return meta
 
 
 def now_iso() -> str:

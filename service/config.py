@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from imgcls.registry import default_root
+from imgcls.registry import default_feedback_dir, default_root
 
 
 def _env(name: str, default, cast=str):
@@ -47,7 +47,7 @@ class Config:
             max_queue=_env("MAX_QUEUE", 256, int),
             poll_seconds=_env("MODEL_POLL_S", 2.0, float),
             admin_token=_env("ADMIN_TOKEN", ""),
-            feedback_dir=Path(_env("FEEDBACK_DIR", str(artifacts / "feedback"))),
+            feedback_dir=default_feedback_dir(artifacts),
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
         )

@@ -1,8 +1,13 @@
-"""Shared fixtures: the real data (read in place), the real CLI, a real model, a real server on a free port."""
+"""Shared fixtures and helpers.
+
+Fast tier (``tests/fast``, ``make test-fast``): ``tiny_registry``, a tiny CNN trained in seconds on synthetic
+images through the real pipeline (``training.train.train``: export with parity check, evaluation, registry).
+End-to-end tier (the rest, ``make test``): the real photos read in place, the real CLI, EfficientNet, a real server.
+"""
 from __future__ import annotations
 
 import os
-import re
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -11,10 +16,14 @@ from typing import Iterator
 
 import pytest
 
-from bench.common import free_port, server
+from imgcls.live_server import free_port, metric, server_process
+from imgcls.registry import PROJECT_ROOT as ROOT
+from imgcls.registry import Registry
+from tests import synthetic
+from training.data import SHARED_DATA as DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "catsdogs"
+__all__ = ["DATA", "PY", "ROOT", "child_env", "metric", "needs_data", "photos", "run_cli", "serve"]
+
 PY = sys.executable
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent: the licensed photos are read in place")
 
@@ -39,16 +48,6 @@ def photos(label: str, n: int) -> list[Path]:
     return sorted((DATA / "test" / label).glob("*.jpg"))[-n:]  # the end of the list: unseen by the 150-per-class model
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus sample's values whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(rf"^{name}(?:{{(.*)}})? ([0-9.e+-]+)$", line)
-        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
 @contextmanager
 def serve(artifacts: Path, log_path: Path, ready: bool = True, **env: str) -> Iterator[str]:
     """``bentoml serve service.service:ImageClassifier`` on a free port; yields its base URL; SIGTERM at the end.
@@ -56,8 +55,9 @@ def serve(artifacts: Path, log_path: Path, ready: bool = True, **env: str) -> It
     ``ready=False`` waits only for /livez (a server that has no model yet)."""
     port = free_port()
     cmd = [PY, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
-    with server(cmd, port, {**child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1", **env)},
-                log_path, probe="/readyz" if ready else "/livez", timeout=90) as url:
+    with server_process(cmd, port, {**child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1",
+                                                **env)},
+                        log_path, probe="/readyz" if ready else "/livez", timeout=90) as url:
         yield url
 
 
@@ -70,3 +70,45 @@ def trained(tmp_path_factory) -> Path:
     artifacts = tmp_path_factory.mktemp("artifacts")
     run_cli("train", "--data", str(DATA), "--limit-per-class", "150", "--epochs", "30", artifacts=artifacts)
     return artifacts
+
+
+# -- the fast tier's model -----------------------------------------------------------------------------------------
+
+TINY_CLASSES = list(synthetic.CLASSES)
+TINY_PER_SPLIT = {"train": 12, "val": 6, "test": 6}  # images per class
+TINY_NOT_AN_IMAGE = Path("test") / "blue" / "notes.jpg"  # in tiny_data: a text file named .jpg, skipped with a reason
+TINY_TRUNCATED = Path("train") / "red" / "half.jpg"  # in tiny_data: a JPEG cut to a third, skipped
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Synthetic split folders (:data:`TINY_PER_SPLIT` images of each of :data:`TINY_CLASSES`), plus a text file
+    named ``.jpg`` in test and a truncated JPEG in train. Read-only by convention: copy it to change it."""
+    root = synthetic.write_split_folders(tmp_path_factory.mktemp("tiny-data"), TINY_PER_SPLIT)
+    (root / TINY_NOT_AN_IMAGE).write_text("not an image\n")
+    data = synthetic.image_bytes("red", 99, size=(80, 60))
+    (root / TINY_TRUNCATED).write_bytes(data[: len(data) // 3])
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tiny_data: Path, tmp_path_factory) -> Path:
+    """A registry folder whose ``current`` is a tiny random-init CNN (backbone ``tiny``, 32x32 input) trained on
+    ``tiny_data`` through the real :func:`training.train.train` (features, head, ONNX export with its parity
+    check, evaluation, report, ``Registry.add``), then promoted. Do not change it: use ``tiny_copy``."""
+    from training.data import create_dataset
+    from training.fit import FitConfig
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny-registry")
+    registry = Registry(root)
+    cfg = TrainConfig(backbone="tiny", random_init=True, aug_views=1, fit=FitConfig(epochs=15, lr=0.1, seed=0))
+    version, _ = train(create_dataset(tiny_data), cfg, registry, cache_dir=root / "cache" / "features")
+    registry.promote(version, reason="tiny_registry fixture")
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_registry: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_registry`` that a test may promote in, add to or break."""
+    return Path(shutil.copytree(tiny_registry, tmp_path / "registry", symlinks=True))

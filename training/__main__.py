@@ -1,4 +1,4 @@
-"""Command line: python -m training {train,evaluate,export,promote,list,show,retrain} --help"""
+"""Command line: python -m training (or imgcls) {train,evaluate,export,promote,list,show,retrain} --help"""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from imgcls.registry import ModelError, Registry
+from imgcls.registry import ModelError, Registry, public_metadata
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
 from training.models import BACKBONES, WeightsError
@@ -52,7 +52,11 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
 
     model_dir = registry.resolve(args.model)
     ds = _dataset(args)
-    result = evaluate_onnx(model_dir, ds.splits[args.split], ds.classes, device=args.device)
+    samples = ds.select(args.split)
+    if not samples:
+        raise DataError(f"no images to evaluate: the {args.split} split of {ds.root} ({ds.layout}) is empty"
+                        + ("" if args.split == "all" else "; --split all scores every image"))
+    result = evaluate_onnx(model_dir, samples, ds.classes, device=args.device)
     result["split"], result["data"] = args.split, ds.root
     if args.json:
         print(json.dumps(result, indent=2))
@@ -84,11 +88,7 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
 
 def cmd_show(args: argparse.Namespace, registry: Registry) -> int:
     meta = registry.metadata(args.model)
-    if not args.full:
-        meta.pop("history", None)
-        for split in meta.get("metrics", {}).values():
-            split.pop("misclassified", None)
-    print(json.dumps(meta, indent=2))
+    print(json.dumps(meta if args.full else public_metadata(meta), indent=2))
     return 0
 
 
@@ -110,13 +110,20 @@ def cmd_retrain(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--artifacts", type=Path, default=None, help="registry folder (default: ./artifacts)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    # The same two options after the command too (`imgcls train --artifacts DIR`); absent there, they keep the above.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--artifacts", type=Path, default=argparse.SUPPRESS, help="registry folder")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train, export, evaluate and register a model version")
+    def command(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = command("train", help="train, export, evaluate and register a model version")
     p.add_argument("--data", help="data folder (default: $DATA_DIR or ../shared/data/catsdogs)")
     p.add_argument("--backbone", choices=sorted(BACKBONES), default="efficientnet_lite0")
     p.add_argument("--weights", type=Path, help="a local state_dict for the backbone instead of the official weights")
@@ -134,34 +141,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--if-no-current", action="store_true", help="do nothing when a current model exists")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a model version with ONNX Runtime on a data split")
+    p = command("evaluate", help="evaluate a model version with ONNX Runtime on a data split")
     p.add_argument("--model", default="current", help="current, a version, or a version folder / .onnx path")
     p.add_argument("--data")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
+                   help="which split to score; all: every image of the folder, in any layout")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--limit-per-class", type=int)
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", help="re-export a version's checkpoint to an ONNX file, with the parity check")
+    p = command("export", help="re-export a version's checkpoint to an ONNX file, with the parity check")
     p.add_argument("--model", default="current")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--data", help="real images for the parity check (default: the default data)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("promote", help="point current at a version (rolling back is promoting an older one)")
+    p = command("promote", help="point current at a version (rolling back is promoting an older one)")
     p.add_argument("model")
     p.add_argument("--reason", default="manual")
     p.set_defaults(func=cmd_promote)
 
-    sub.add_parser("list", help="versions with their test metrics; * marks current").set_defaults(func=cmd_list)
+    command("list", help="versions with their test metrics; * marks current").set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="a version's metadata and metrics")
+    p = command("show", help="a version's metadata and metrics")
     p.add_argument("model", nargs="?", default="current")
     p.add_argument("--full", action="store_true", help="include training history and misclassified files")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("retrain", help="train a candidate on old + new data; promote it only if it is better")
+    p = command("retrain", help="train a candidate on old + new data; promote it only if it is better")
     p.add_argument("--data", required=True, action="append",
                    help="new labelled data (class folders or split folders; its test split is trained on too); "
                         "repeat for several folders")

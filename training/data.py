@@ -12,11 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgcls.images import IMAGE_SUFFIXES
 from imgcls.registry import PROJECT_ROOT, sha256_file
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "catsdogs"
 
@@ -38,6 +38,12 @@ class Dataset:
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     ignored: list[Path] = field(default_factory=list)
 
+    def select(self, split: str) -> list[Sample]:
+        """The samples of one split, or of every split for ``all`` (each file once)."""
+        if split == "all":
+            return [s for name in SPLITS for s in self.splits.get(name, [])]
+        return list(self.splits.get(split, []))
+
     def counts(self) -> dict[str, dict[str, int]]:
         return {s: {self.classes[k]: n for k, n in sorted(Counter(l for _, l in items).items())}
                 for s, items in self.splits.items()}
@@ -49,17 +55,6 @@ class Dataset:
             for path, label in sorted(self.splits[split], key=lambda s: (s[1], s[0].name, str(s[0]))):
                 h.update(f"{split}\t{self.classes[label]}\t{path.name}\t{sha256_file(path)}\n".encode())
         return h.hexdigest()
-
-    def merged(self, other: "Dataset") -> "Dataset":
-        """This data plus ``other``'s files, mapped onto this dataset's class names (unknown names are an error)."""
-        unknown = set(other.classes) - set(self.classes)
-        if unknown:
-            raise DataError(f"{other.root} has classes {sorted(unknown)} that {self.root} does not have {self.classes}")
-        index = {c: i for i, c in enumerate(self.classes)}
-        splits = {s: list(items) for s, items in self.splits.items()}
-        for s, items in other.splits.items():
-            splits.setdefault(s, []).extend((p, index[other.classes[l]]) for p, l in items)
-        return Dataset(f"{self.root}+{other.root}", self.layout, list(self.classes), splits, self.ignored + other.ignored)
 
 
 def default_data_dir() -> Path:
@@ -83,7 +78,7 @@ def create_dataset(spec: str | Path, *, download: bool = True) -> Dataset:
     root = Path(spec)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
-    if (root / "train").is_dir():
+    if any((root / s).is_dir() for s in SPLITS):
         return _split_folders(root)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if class_dirs:
@@ -116,14 +111,16 @@ def _split_folders(root: Path) -> Dataset:
     present = [s for s in SPLITS if (root / s).is_dir()]
     classes = sorted({d.name for s in present for d in (root / s).iterdir() if d.is_dir()})
     if not classes:
-        raise DataError(f"{root}/train has no class folders")
+        raise DataError(f"{root}'s {'/'.join(present)} folders hold no class folders")
     index = {c: i for i, c in enumerate(classes)}
     splits = {s: [(p, index[d.name]) for d in sorted((root / s).iterdir()) if d.is_dir() for p in _image_files(d)]
               for s in present}
     ds = Dataset(str(root), "split-folders", classes, splits, _non_images(root, recursive=True))
-    for missing in (s for s in ("val", "test") if s not in present):  # carve missing splits out of train
-        keep, carved = _carve(ds.splits["train"], 0.15)
-        ds.splits["train"], ds.splits[missing] = keep, carved
+    for missing in (s for s in SPLITS if s not in present):
+        if "train" in present:  # carve a missing val or test split out of train
+            ds.splits["train"], ds.splits[missing] = _carve(ds.splits["train"], 0.15)
+        else:  # e.g. a folder holding only test/: evaluation data
+            ds.splits[missing] = []
     _warn_ignored(ds)
     return ds
 

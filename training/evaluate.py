@@ -73,6 +73,8 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
             raise ValueError(f"the data's classes {missing} are not among the model's labels {model.labels}")
         samples = [(p, mapping[classes[l]]) for p, l in samples]
     probs, y, paths, errors = predict_samples(model.predict, model.preprocess, samples)
+    if not len(y):
+        raise ValueError(f"none of the {len(samples)} images could be read, e.g. {next(iter(errors.items()), '')}")
     result = classification_metrics(y, probs, model.labels, paths)
     result["skipped"] = {str(p): e for p, e in errors.items()}
     result["model"] = model.version

@@ -67,7 +67,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         cut = "body" if model.unfreeze_last_block else "pooled"
         pre = model.preprocess
-        key = f"{model.weights_id}|{cut}|{pre.input_size}|{pre.resize_size}|{pre.mean}|{pre.std}|v2"
+        key = f"{model.weights_id}|{cut}|{pre.input_size}|{pre.resize_size}|{pre.mean}|{pre.std}|v3"
         self.cache = (cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]) if cache_dir else None
         self.cut = cut
 

@@ -166,12 +166,20 @@ def scratch(weights: Path | None, random_init: bool) -> Backbone:
     return Backbone(nn.Identity(), last, 128, Preprocess(128, 146, IMAGENET_MEAN, IMAGENET_STD), "scratch", False)
 
 
+def tiny(weights: Path | None, random_init: bool) -> Backbone:
+    """A two-layer random CNN at 32x32 for tests and smoke runs: builds, trains and exports in seconds."""
+    last = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+                         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True))
+    return Backbone(nn.Identity(), last, 32, Preprocess(32, 36, IMAGENET_MEAN, IMAGENET_STD), "tiny-random", False)
+
+
 BACKBONES: dict[str, Callable[[Path | None, bool], Backbone]] = {
     "efficientnet_lite0": efficientnet_lite0,
     "resnet18": resnet("resnet18"),
     "resnet50": resnet("resnet50"),
     "vgg16": vgg16,
     "scratch": scratch,
+    "tiny": tiny,
 }
 
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from imgcls.cam import class_activation_map  # noqa: E402
 from imgcls.images import decode_image  # noqa: E402
 from training.models import ImageClassifier  # noqa: E402
 
@@ -86,8 +87,7 @@ def class_activation_maps(model: ImageClassifier, paths: list[Path], classes: li
             fmap = model.features(torch.from_numpy(x[None]))[0]
             probs = torch.softmax(linear(fmap.mean((1, 2))), 0)
             k = int(probs.argmax())
-            cam = torch.einsum("c,chw->hw", linear.weight[k], fmap).numpy()
-        cam = (cam - cam.min()) / (np.ptp(cam) + 1e-8)
+        cam = class_activation_map(linear.weight[k].detach().numpy(), fmap.numpy())
         ax.imshow(pre.denormalize(x))
         ax.imshow(cam, cmap="jet", alpha=0.45, extent=(0, pre.input_size, pre.input_size, 0),
                   interpolation="bilinear")

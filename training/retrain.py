@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from imgcls.registry import Registry, load_metadata, now_iso, sha256_file, write_atomic
+from imgcls.registry import Registry, default_feedback_dir, load_metadata, now_iso, sha256_file, write_atomic
 from training.data import Dataset, DataError, Sample, create_dataset
 from training.evaluate import evaluate_onnx
 
@@ -51,11 +50,6 @@ def decide(base: dict, candidate: dict, min_gain: float = 0.0) -> Decision:
             return Decision(True, f"equal accuracy {c_acc:.4f} and candidate log-loss {c_ll:.4f} <= base {b_ll:.4f}")
         return Decision(False, f"equal accuracy {c_acc:.4f} but candidate log-loss {c_ll:.4f} > base {b_ll:.4f}")
     return Decision(True, f"candidate accuracy {c_acc:.4f} >= base {b_acc:.4f} + min-gain {min_gain:.4f}")
-
-
-def default_feedback_dir(registry: Registry) -> Path:
-    """Where the service stores POST /feedback images: ``$FEEDBACK_DIR``, else ``<artifacts>/feedback``."""
-    return Path(os.environ.get("FEEDBACK_DIR") or registry.root / "feedback")
 
 
 def feedback_samples(folder: Path, classes: list[str]) -> list[Sample]:
@@ -194,7 +188,7 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
     original = limit(create_dataset(root), limit_per_class)
     new_specs = [new_data] if isinstance(new_data, (str, Path)) else list(new_data)
     new = [limit(create_dataset(spec), limit_per_class) for spec in new_specs]
-    feedback_dir = Path(feedback) if feedback else default_feedback_dir(registry)
+    feedback_dir = Path(feedback) if feedback else default_feedback_dir(registry.root)
     ds, sources = assemble(original, new, feedback_samples(feedback_dir, classes), classes)
     sources["feedback"]["dir"] = str(feedback_dir)
     eval_set = ds.splits[EVAL_SPLIT]

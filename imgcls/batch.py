@@ -1,6 +1,6 @@
 """Batch inference: classify a folder tree, a glob or a CSV list of images into a JSONL (or CSV) results file.
 
-    python -m service.batch --input DIR|GLOB|LIST.csv --output results.jsonl [--model current|VERSION]
+    python -m imgcls.batch --input DIR|GLOB|LIST.csv --output results.jsonl [--model current|VERSION]
                             [--engine local|ray] [--artifacts DIR] [--batch-size 32]
 
 Same decoding, preprocessing and ONNX model as the HTTP service (``imgcls``), no torch. One row per input image:
@@ -35,11 +35,11 @@ from typing import IO, Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from imgcls.images import IMAGE_SUFFIXES
 from imgcls.loader import Failure, preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import ModelError, Registry, default_root, verify
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 FIELDS = ("path", "label", "score", "probabilities", "model_version", "error", "detail")
 GLOB_CHARS = frozenset("*?[")
 
@@ -71,7 +71,7 @@ def _walk_images(root: Path) -> list[str]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        found.extend(os.path.join(folder, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        found.extend(os.path.join(folder, f) for f in sorted(files) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
     return found
 
 
@@ -400,8 +400,8 @@ def format_summary(s: dict, output: Path) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m service.batch", description=__doc__.split("\n\n")[0],
+def parse_args(argv: list[str] | None = None, prog: str = "python -m imgcls.batch") -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--input", required=True, help="a folder (recursive), a glob (quote it) or a CSV list of paths")
     p.add_argument("--output", required=True, type=Path, help="results file: .jsonl, or .csv for CSV rows")
@@ -424,8 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m imgcls.batch") -> int:
+    args = parse_args(argv, prog)
     opts = Options(batch_size=args.batch_size, workers=args.workers, threads=args.threads, prefetch=args.prefetch,
                    decode_nice=args.decode_nice, device=args.device, progress=not args.no_progress,
                    actors=args.actors, actor_cpus=args.actor_cpus)

@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from imgcls.registry import Registry
-from bench.common import free_port, server as start_server
+from imgcls.live_server import free_port, server_process as start_server
 from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_cli, serve
 
 pytestmark = needs_data

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, needs_data
 from training.data import DataError, create_dataset
 
 
@@ -97,12 +96,3 @@ def test_oxford_pet_parsing_from_a_fake_root(tmp_path: Path) -> None:
 def test_oxford_pet_without_data_or_network_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="Oxford-IIIT Pet is not available"):
         create_dataset(f"oxford-pet:{tmp_path}", download=False)
-
-
-@needs_data
-def test_shared_data_is_found_with_its_own_splits() -> None:
-    ds = create_dataset(DATA)
-    assert ds.classes == ["cat", "dog"]
-    assert ds.counts() == {"train": {"cat": 1396, "dog": 1396}, "val": {"cat": 299, "dog": 299},
-                           "test": {"cat": 300, "dog": 300}}
-    assert Counter(l for _, l in ds.splits["test"]) == {0: 300, 1: 300}

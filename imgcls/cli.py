@@ -1,0 +1,43 @@
+"""``imgcls``: the project's one command.
+
+    imgcls train|evaluate|list|show|promote|export|retrain ...   the registry and training (python -m training)
+    imgcls batch --input DIR|GLOB|LIST.csv --output FILE ...      batch inference (python -m imgcls.batch)
+    imgcls serve [--host H] [--port P] ...                         the HTTP service (bentoml serve)
+
+``imgcls COMMAND --help`` tells more. ``batch`` and ``serve`` never import torch or the training code.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+TRAINING_COMMANDS = ("train", "evaluate", "list", "show", "promote", "export", "retrain")
+SERVICE = "service.service:ImageClassifier"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command in TRAINING_COMMANDS:
+        from training.__main__ import main as training_main
+
+        return training_main([command, *rest], prog="imgcls")
+    if command == "batch":
+        from imgcls.batch import main as batch_main
+
+        return batch_main(rest, prog="imgcls batch")
+    if command == "serve":
+        # bentoml's own CLI, so every option of `bentoml serve` (--host, --port, --reload, ...) passes through.
+        cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, *rest]
+        sys.stdout.flush()
+        os.execv(sys.executable, cmd)
+    print(f"imgcls: unknown command {command!r}; choose from {', '.join([*TRAINING_COMMANDS, 'batch', 'serve'])}",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
