@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import PIL
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,15 @@ def decode_image(
     except Exception as e:  # Pillow plugins raise assorted errors on malformed headers
         raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e
     w, h = img.size
-    limit = max_pixels if img.format == "JPEG" else min(max_pixels, max_pixels_full)
+    jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # also MPO, the multi-picture JPEG of many cameras
+    limit = max_pixels if jpeg else min(max_pixels, max_pixels_full)
     if w * h > limit:
         raise ImageError("too_many_pixels", f"{img.format or 'image'} is {w}x{h} = {w * h} pixels, over the "
                                             f"limit of {limit} for this format", 413)
     if w == 0 or h == 0:
         raise ImageError("corrupt", f"image has no pixels ({w}x{h})", 422)
     try:
-        if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+        if draft_size and jpeg and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (draft_size, draft_size))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to rotate

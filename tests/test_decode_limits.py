@@ -37,6 +37,15 @@ def test_full_decode_formats_get_the_lower_limit_and_jpeg_the_higher() -> None:
         decode_image(encode(Image.new("L", size), "PNG"), max_pixels=10_000_000, max_pixels_full=20_000_000)
 
 
+def test_mpo_is_a_jpeg_draft_decoded_with_the_jpeg_limit() -> None:
+    """MPO (the multi-picture JPEG some cameras write) decodes at reduced scale like any JPEG."""
+    big = Image.new("RGB", (4100, 4000), (200, 100, 50))
+    data = encode(big, "MPO", save_all=True, append_images=[big])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    img = decode_image(data, draft_size=256)
+    assert 256 <= min(img.size) < 4000 // 4
+
+
 def test_the_tiny_lossless_webp_bomb_is_refused_without_decoding() -> None:
     # The case from the issue: 7000x7000 of one colour, under 4 kB, 49 MP (under the JPEG limit). Refused from
     # the header, before the 1-2 s and 200 MB that decoding it costs.
