@@ -2,17 +2,29 @@
 
 Handles EXIF orientation, grayscale, RGBA/LA/palette transparency, CMYK and 16-bit images; JPEGs are decoded
 at reduced scale (Pillow's ``draft``) when the target size allows, so a 12-megapixel photo is never decoded in full.
+
+Decoding cost is bounded before any pixel is decoded: the header's size is checked against ``max_pixels`` for
+JPEGs (decoded at reduced scale) and a lower ``max_pixels_full`` for every other format, which Pillow can only
+decode at full size (a 1.9 kB lossless WebP of 7000x7000 takes 2 s and 200 MB to decode). Multi-frame files
+(GIF, WebP, TIFF, APNG) are read for their first frame only. Pillow's and libtiff's complaints about malformed
+input are logged at debug level: they describe the caller's bytes, not a fault of the service.
 """
 from __future__ import annotations
 
+import ctypes
 import io
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import PIL
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 50_000_000
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 50_000_000  # JPEG: ``draft`` decodes at 1/2..1/8 scale, so this costs at most ~1/4 of it
+DEFAULT_MAX_PIXELS_FULL = 16_000_000  # formats decoded at full size (PNG, WebP, GIF, TIFF, BMP, ...)
 # File name extensions taken as images when a folder is searched (training data, batch jobs), lower case.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 # Signatures of formats we read: data that starts like one but does not parse is corrupt, not "not an image".
@@ -28,21 +40,22 @@ class ImageError(ValueError):
 
 
 def decode_image(
-    data: bytes | str | Path, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes | str | Path, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels_full: int = DEFAULT_MAX_PIXELS_FULL,
 ) -> Image.Image:
     """Decode ``data`` (bytes or a file path) to an RGB image, or raise :class:`ImageError`.
 
     ``draft_size``: the smallest side the caller needs; JPEGs may be DCT-scaled down to no less than that.
+    ``max_pixels``: the most pixels a JPEG may have; ``max_pixels_full``: the most for any other format
+    (the smaller of the two applies), checked from the header before decoding.
     """
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if not data:
         raise ImageError("empty", "the request has no image data", 400)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
         raise ImageError("too_many_pixels", f"image has too many pixels: {e}", 413) from e
     except UnidentifiedImageError as e:
         if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
@@ -51,12 +64,15 @@ def decode_image(
     except Exception as e:  # Pillow plugins raise assorted errors on malformed headers
         raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e
     w, h = img.size
-    if w * h > max_pixels:
-        raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}", 413)
+    jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # also MPO, the multi-picture JPEG of many cameras
+    limit = max_pixels if jpeg else min(max_pixels, max_pixels_full)
+    if w * h > limit:
+        raise ImageError("too_many_pixels", f"{img.format or 'image'} is {w}x{h} = {w * h} pixels, over the "
+                                            f"limit of {limit} for this format", 413)
     if w == 0 or h == 0:
         raise ImageError("corrupt", f"image has no pixels ({w}x{h})", 422)
     try:
-        if draft_size and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
+        if draft_size and jpeg and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (draft_size, draft_size))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to rotate
@@ -70,7 +86,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # float32: half the memory, exact for 16 bits
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         return Image.fromarray((np.clip(arr, 0, top) * (255.0 / top) + 0.5).astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "LA", "RGBA", "La", "RGBa"):
@@ -78,3 +94,42 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _log_pil_warnings() -> None:
+    """Send Pillow's warnings (corrupt EXIF, truncated TIFF tags, ...) to this module's debug log.
+
+    Once, process-wide, instead of ``warnings.catch_warnings`` per call, which is not thread-safe. The "always"
+    action also keeps Python's per-message registry from growing with every distinct malformed upload.
+    """
+    warnings.filterwarnings("always", module=r"PIL(\.|$)")
+    pil_dir = str(Path(PIL.__file__).parent)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if str(filename).startswith(pil_dir):
+            log.debug("Pillow: %s: %s", category.__name__, message)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def _silence_libtiff() -> None:
+    """libtiff prints its warnings and errors about malformed files straight to stderr (C code, not Python
+    warnings); Pillow turns the errors that matter into exceptions, which callers report. Drop libtiff's output."""
+    libs = sorted((Path(PIL.__file__).parent.parent / "pillow.libs").glob("libtiff*.so*"))
+    if not libs:
+        log.debug("libtiff not found beside Pillow; its messages about malformed TIFFs stay on stderr")
+        return
+    try:
+        libtiff = ctypes.CDLL(str(libs[0]))  # the copy Pillow's _imaging already loaded: the same handle
+        libtiff.TIFFSetWarningHandler.restype = libtiff.TIFFSetErrorHandler.restype = ctypes.c_void_p
+        libtiff.TIFFSetWarningHandler(None)
+        libtiff.TIFFSetErrorHandler(None)
+    except (OSError, AttributeError) as e:
+        log.debug("could not silence libtiff: %s", e)
+
+
+_log_pil_warnings()
+_silence_libtiff()

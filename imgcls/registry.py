@@ -152,11 +152,15 @@ class Registry:
         shutil.rmtree(staging, ignore_errors=True)
 
     def promote(self, ref: str, reason: str = "manual") -> str:
-        """Point ``current`` at a verified version (atomically). Rolling back is promoting an older version."""
+        """Point ``current`` at a verified version (atomically). Rolling back is promoting an older version.
+
+        The version must match its checksums and reproduce its reference batch (:mod:`imgcls.reference`)."""
+        from imgcls.reference import check_reference  # imports ONNX Runtime: only where a model is promoted
+
         model_dir = self.resolve(ref)
         if model_dir.parent != self.models:
             raise ModelError(f"{model_dir} is not a version of this registry ({self.models})")
-        verify(model_dir)
+        check_reference(model_dir)  # verifies the checksums first
         previous = self.current()
         write_atomic(self.pointer, model_dir.name + "\n")
         entry = {"time": now_iso(), "version": model_dir.name, "previous": previous, "reason": reason}

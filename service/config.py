@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from imgcls.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS_FULL
 from imgcls.registry import default_feedback_dir, default_root
 
 
@@ -22,12 +23,19 @@ class Config:
     max_batch_size: int  # MAX_BATCH_SIZE: largest model batch the adaptive batcher forms
     max_latency_ms: int  # MAX_LATENCY_MS: longest a request may wait in the batcher before a 503
     max_body_bytes: int  # MAX_BODY_BYTES: request bodies over this get 413
-    max_pixels: int  # MAX_PIXELS: decoded images over this get 413 (decompression bombs)
+    max_pixels: int  # MAX_PIXELS: JPEGs over this get 413 (checked before decoding; they decode at reduced scale)
     max_batch_images: int  # MAX_BATCH_IMAGES: /classify_batch requests with more images get 413
     max_queue: int  # MAX_QUEUE: images waiting for the model beyond this get 503 + Retry-After
     poll_seconds: float  # MODEL_POLL_S: how often to look for a newly promoted model (0: never)
     admin_token: str  # ADMIN_TOKEN: bearer token for POST /admin/reload (unset: endpoint disabled)
     feedback_dir: Path  # FEEDBACK_DIR: where POST /feedback stores labelled images
+    feedback_token: str  # FEEDBACK_TOKEN: bearer token for POST /feedback
+    feedback_open: bool  # FEEDBACK_OPEN=1: take feedback without a token (deliberately open)
+    feedback_rate: float  # FEEDBACK_RATE: feedback requests per second per client, on average
+    feedback_burst: int  # FEEDBACK_BURST: feedback requests a client may send at once
+    feedback_max_bytes: int  # FEEDBACK_MAX_BYTES: total size of stored feedback; beyond it 507
+    feedback_max_files: int  # FEEDBACK_MAX_FILES: stored feedback images; beyond it 507
+    max_pixels_full: int  # MAX_PIXELS_FULL: the pixel limit for formats decoded at full size (PNG, WebP, ...)
     stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
     decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
 
@@ -42,12 +50,19 @@ class Config:
             max_batch_size=_env("MAX_BATCH_SIZE", 32, int),
             max_latency_ms=_env("MAX_LATENCY_MS", 10_000, int),
             max_body_bytes=_env("MAX_BODY_BYTES", 10 * 1024 * 1024, int),
-            max_pixels=_env("MAX_PIXELS", 50_000_000, int),
+            max_pixels=_env("MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
             max_batch_images=_env("MAX_BATCH_IMAGES", 64, int),
             max_queue=_env("MAX_QUEUE", 256, int),
             poll_seconds=_env("MODEL_POLL_S", 2.0, float),
             admin_token=_env("ADMIN_TOKEN", ""),
             feedback_dir=default_feedback_dir(artifacts),
+            feedback_token=_env("FEEDBACK_TOKEN", ""),
+            feedback_open=_env("FEEDBACK_OPEN", "0") in ("1", "true", "yes"),
+            feedback_rate=_env("FEEDBACK_RATE", 1.0, float),
+            feedback_burst=_env("FEEDBACK_BURST", 10, int),
+            feedback_max_bytes=_env("FEEDBACK_MAX_BYTES", 1 << 30, int),
+            feedback_max_files=_env("FEEDBACK_MAX_FILES", 20_000, int),
+            max_pixels_full=_env("MAX_PIXELS_FULL", DEFAULT_MAX_PIXELS_FULL, int),
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
         )

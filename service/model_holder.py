@@ -1,7 +1,8 @@
 """The model being served: load, verify, warm up, check, swap and watch for promotions.
 
 Swap rules (one place to change them): a new version is loaded beside the old one, verified against its sha256s,
-warmed up, and must give finite probabilities that sum to one on its warm-up batch; only then is it swapped in with
+warmed up, and must reproduce its reference batch (``imgcls.reference``: finite probabilities summing to one, equal
+to those recorded at training within a tolerance); only then is it swapped in with
 one reference assignment, so in-flight batches finish on the session they started with. A version that fails any
 step is refused (logged, counted) and the old one keeps serving; ``MODEL=current`` follows promotions by polling.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.onnx_model import OnnxClassifier
+from imgcls.reference import check_reference
 from imgcls.registry import ModelError, Registry
 from service.config import Config
 from service.errors import ApiError
@@ -63,16 +65,9 @@ class ModelHolder:
         s = model.preprocess.input_size
         for n in (1, min(8, self.config.max_batch_size)):
             model.predict(np.zeros((n, 3, s, s), np.float32))
-        check_outputs(model, model.predict(self._check_batch(s)))
+        check_reference(model)  # the version's own reference inputs must give its recorded outputs
         log.info("loaded model %s on %s (providers %s)", model.version, model.device, model.providers)
         return model
-
-    @staticmethod
-    def _check_batch(size: int) -> np.ndarray:
-        """A fixed, image-like batch (smooth random colour fields) for the output check."""
-        rng = np.random.default_rng(0)
-        low = rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)
-        return np.repeat(np.repeat(low, size // 8 + 1, axis=2), size // 8 + 1, axis=3)[:, :, :size, :size].copy()
 
     def reload(self) -> dict[str, Any]:
         """Load what ``MODEL`` names now and swap it in; a broken version is refused and the old one stays."""
@@ -101,7 +96,8 @@ class ModelHolder:
             return {"version": new.version, "previous": old and old.version, "changed": True}
 
     def withdraw(self, model: OnnxClassifier, reason: str) -> None:
-        """Stop serving ``model`` after it failed at inference time (readiness turns 503 until a good one loads)."""
+        """Stop serving ``model`` after it failed at inference time (readiness turns 503 until a good version is
+        promoted; the same version is not loaded again)."""
         with self._lock:
             if self._model is model:
                 self._model, self.refused, self.last_error = None, model.version, reason

@@ -8,12 +8,6 @@ Settings: service/config.py and the README.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
-import io
-import os
-import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,8 +23,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from imgcls.feedback import FeedbackRefused, FeedbackStore, RateLimiter
 from imgcls.images import ImageError, decode_image
 from imgcls.preprocess import Preprocess
+from service.auth import bearer_matches
 from service.config import Config
 from service.errors import ApiError, JsonErrors, overloaded
 from service.heatmap import overlay_png
@@ -78,7 +74,7 @@ class BatchResult(BaseModel):
 
 
 class FeedbackReceipt(BaseModel):
-    sha256: str
+    sha256: str = Field(description="the stored pixels' hash (only the re-encoded pixels are kept)")
     label: str
     duplicate: bool
 
@@ -142,7 +138,11 @@ class ImageClassifier:
     def __init__(self) -> None:
         configure_json_logging()
         self.config = CONFIG
-        self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)
+        self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory
+        self.feedback_store = FeedbackStore(self.config.feedback_dir, max_bytes=self.config.feedback_max_bytes,
+                                            max_files=self.config.feedback_max_files,
+                                            max_pixels=self.config.max_pixels_full)
+        self.feedback_limiter = RateLimiter(self.config.feedback_rate, self.config.feedback_burst)
         self.in_flight = 0
         self._sizes: tuple[int, int] | None = None  # (resize_size, input_size) of the served model
 
@@ -209,16 +209,26 @@ class ImageClassifier:
     @bentoml.api(route="/feedback")
     @answers_errors
     async def feedback(self, image: ImageFile, label: str, *, ctx: bentoml.Context) -> FeedbackReceipt:
-        """Store an image with its correct ``label`` for the next retraining (201)."""
+        """Store an image with its correct ``label`` for the next retraining (201). ``Authorization: Bearer
+        $FEEDBACK_TOKEN``; rate-limited per client (429) and bounded in total (507); only the re-encoded pixels are
+        kept, and an image already stored under another label is recorded as a conflict (409)."""
+        if self.config.feedback_token:
+            if not bearer_matches(ctx.request.headers.get("authorization"), self.config.feedback_token):
+                raise ApiError(401, "unauthorized", "missing or wrong bearer token (FEEDBACK_TOKEN)")
+        elif not self.config.feedback_open:
+            raise ApiError(403, "feedback_disabled", "set FEEDBACK_TOKEN (or FEEDBACK_OPEN=1) to take feedback")
+        client = ctx.request.client.host if ctx.request.client else "unknown"
         meta = await self._describe()
         if label not in meta["labels"]:
             raise ApiError(422, "unknown_label", f"label {label!r} is not one of {meta['labels']}")
-        data = image.read_bytes()
-        await self._decode(data)  # only real, decodable images are kept
-        digest = hashlib.sha256(data).hexdigest()
-        _, duplicate = await anyio.to_thread.run_sync(store_feedback, self.config.feedback_dir, label, digest, data)
+        try:
+            self.feedback_limiter.check(client)
+            stored = await anyio.to_thread.run_sync(self.feedback_store.add, image.read_bytes(), label,
+                                                    limiter=self.decode_limiter)
+        except FeedbackRefused as e:
+            raise ApiError(e.status, e.reason, e.message, e.headers) from e
         ctx.response.status_code = 201
-        return FeedbackReceipt(sha256=digest, label=label, duplicate=duplicate)
+        return FeedbackReceipt(sha256=stored.sha256, label=label, duplicate=stored.duplicate)
 
     @bentoml.api(route="/model")
     @answers_errors
@@ -233,8 +243,7 @@ class ImageClassifier:
         $ADMIN_TOKEN``."""
         if not self.config.admin_token:
             raise ApiError(403, "admin_disabled", "set ADMIN_TOKEN to enable /admin/reload")
-        given = _bearer(ctx.request.headers.get("authorization"))
-        if given is None or not hmac.compare_digest(given.encode(), self.config.admin_token.encode()):
+        if not bearer_matches(ctx.request.headers.get("authorization"), self.config.admin_token):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
         answer = await self.inference.to_async.reload()
         _raise_for(answer)
@@ -258,7 +267,8 @@ class ImageClassifier:
 
         def work() -> tuple[Image.Image, np.ndarray]:
             start = time.perf_counter()
-            img = decode_image(data, draft_size=resize, max_pixels=self.config.max_pixels)
+            img = decode_image(data, draft_size=resize, max_pixels=self.config.max_pixels,
+                               max_pixels_full=self.config.max_pixels_full)
             crop = np.asarray(preprocess.resize_crop(img))
             DECODE_SECONDS.observe(time.perf_counter() - start)
             return img, crop
@@ -311,31 +321,6 @@ def _classification(answer: dict[str, Any], k: int | None) -> Classification:
         probabilities=[Probability(label=labels[int(i)], score=float(probs[i])) for i in order],
         model=_model_ref(answer), known=known,
         novelty=None if answer.get("novelty") is None else float(answer["novelty"]))
-
-
-def _bearer(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header; None for anything else."""
-    if not header:
-        return None
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token and " " not in token else None
-
-
-def store_feedback(root: Path, label: str, digest: str, data: bytes) -> tuple[Path, bool]:
-    """Write-then-rename into ``root/label/<sha256>.img``; the same image twice collapses into one file."""
-    folder = root / label
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}.img"
-    if path.exists():
-        return path, True
-    tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path, False
 
 
 # Outermost first: metrics and the request id see every request; errors are reshaped inside them.

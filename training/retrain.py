@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from imgcls.feedback import CONFLICTS_FILE, conflicted_hashes, pixel_sha256
+from imgcls.images import ImageError, decode_image
 from imgcls.registry import Registry, default_feedback_dir, load_metadata, now_iso, sha256_file, write_atomic
 from training.data import Dataset, DataError, Sample, create_dataset
 from training.evaluate import evaluate_onnx
@@ -53,9 +55,10 @@ def decide(base: dict, candidate: dict, min_gain: float = 0.0) -> Decision:
 
 
 def feedback_samples(folder: Path, classes: list[str]) -> list[Sample]:
-    """The service's ``<label>/<sha256>.img`` files as samples labelled by ``classes``' indices.
+    """The service's ``<label>/<pixel sha256>.jpg`` files as samples labelled by ``classes``' indices.
 
-    Hidden files (the service's in-flight ``.tmp`` writes) are skipped; an unknown label is an error.
+    Hidden files (the service's in-flight ``.tmp`` writes) are skipped, and so are images whose label is in
+    conflict (:func:`imgcls.feedback.conflicted_hashes`); an unknown label is an error.
     """
     if not folder.is_dir():
         return []
@@ -64,8 +67,12 @@ def feedback_samples(folder: Path, classes: list[str]) -> list[Sample]:
     if unknown:
         raise DataError(f"feedback in {folder} has labels {unknown} that the base model does not have {classes}")
     index = {c: i for i, c in enumerate(classes)}
+    conflicted = conflicted_hashes(folder)
+    if conflicted:
+        log.warning("feedback: %d images have conflicting labels and are left out (%s)", len(conflicted),
+                    folder / CONFLICTS_FILE)
     return [(p, index[c]) for c in labels for p in sorted((folder / c).iterdir())
-            if p.is_file() and not p.name.startswith(".")]
+            if p.is_file() and not p.name.startswith(".") and p.stem not in conflicted]
 
 
 def base_config(meta: dict, *, epochs: int | None = None, aug_views: int | None = None) -> "TrainConfig":
@@ -135,10 +142,23 @@ def assemble(original: Dataset, new: list[Dataset], feedback: list[Sample],
         relabelled = _relabel(ds, classes)
         items = [("val" if s == "val" else "train", x) for s in sorted(relabelled) for x in relabelled[s]]
         sources["new"].append({"root": ds.root, "layout": ds.layout, "found": len(items), **add(items)})
-    sources["feedback"] = {"found": len(feedback), **add(("train", x) for x in feedback)}
+    found, leaked = len(feedback), 0
+    if feedback:  # stored feedback is re-encoded pixels named by their hash: compare pixels, not bytes
+        eval_pixels = {_pixel_hash(p) for p, _ in splits[EVAL_SPLIT]}
+        leaked = sum(p.stem in eval_pixels for p, _ in feedback)
+        feedback = [x for x in feedback if x[0].stem not in eval_pixels]
+    sources["feedback"] = {"found": found, **add(("train", x) for x in feedback)}
+    sources["feedback"]["dropped"]["in_eval_split"] += leaked
     layout = "+".join([original.layout, *(["new"] if new else []), *(["feedback"] if feedback else [])])
     ignored = original.ignored + [p for ds in new for p in ds.ignored]
     return Dataset(original.root, layout, list(classes), splits, ignored), sources
+
+
+def _pixel_hash(path: Path) -> str | None:
+    try:
+        return pixel_sha256(decode_image(path))
+    except ImageError:
+        return None
 
 
 def _counts(splits: dict[str, list[Sample]], classes: list[str]) -> dict[str, dict[str, int]]:
@@ -191,6 +211,7 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
     feedback_dir = Path(feedback) if feedback else default_feedback_dir(registry.root)
     ds, sources = assemble(original, new, feedback_samples(feedback_dir, classes), classes)
     sources["feedback"]["dir"] = str(feedback_dir)
+    sources["feedback"]["conflicted"] = len(conflicted_hashes(feedback_dir))  # left out: labels disagree
     eval_set = ds.splits[EVAL_SPLIT]
     if not eval_set:
         raise DataError(f"the original data {original.root} has an empty {EVAL_SPLIT} split: nothing to compare on")
@@ -305,7 +326,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| new `{n['root']}` | {n['used']} of {n['found']} | {_fmt(n['counts']['train'])} "
                      f"| {_fmt(n['counts']['val'])} | {n['dropped']['in_eval_split']} / {n['dropped']['duplicate']} |")
     f = data["feedback"]
-    lines.append(f"| feedback `{f['dir']}` | {f['used']} of {f['found']} | {_fmt(f['counts']['train'])} | - "
+    conflicted = f" ({f['conflicted']} with conflicting labels left out)" if f.get("conflicted") else ""
+    lines.append(f"| feedback `{f['dir']}`{conflicted} | {f['used']} of {f['found']} | {_fmt(f['counts']['train'])} | - "
                  f"| {f['dropped']['in_eval_split']} / {f['dropped']['duplicate']} |")
     lines += ["", "## Candidate training settings", "",
               f"From the base model unless overridden ({tr['overridden'] or 'none'}): backbone `{tr['backbone']}`, "

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgcls.reference import write_reference
 from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
 from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from training.data import Dataset, Sample
@@ -76,7 +77,8 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     try:
         t2 = time.perf_counter()
         check_paths = [p for p, _ in ds.splits["val"][:: max(1, len(ds.splits["val"]) // 16)]][:16]
-        export_info = export_onnx(model, staging / ONNX_FILE, parity_batch(check_paths, model.preprocess))
+        parity = parity_batch(check_paths, model.preprocess)
+        export_info = export_onnx(model, staging / ONNX_FILE, parity)
         save_checkpoint(model, staging / CHECKPOINT_FILE, pretrained=model.pretrained)
         head = head_weights(model)
         if head is not None:
@@ -117,6 +119,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
         test = meta["metrics"]["test"]
         log.info("%s: test accuracy %.4f, log-loss %.4f (%d images) in %.0f s", version, test["accuracy"],
                  test["log_loss"], test["n"], timings["total_s"])
+        meta["reference"] = write_reference(staging, parity, meta)  # promote and the service re-run it
         registry.add(staging, meta)
     except BaseException:
         registry.discard(staging)

@@ -22,6 +22,7 @@ from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_
 
 pytestmark = needs_data
 TOKEN = "test-admin-token"
+FEEDBACK_TOKEN = "test-feedback-token"
 
 
 FEEDBACK: dict[str, Path] = {}
@@ -32,7 +33,8 @@ LOG: dict[str, Path] = {}
 def server(trained: Path, tmp_path_factory) -> str:
     LOG["server"] = tmp_path_factory.mktemp("server") / "server.log"
     FEEDBACK["dir"] = tmp_path_factory.mktemp("feedback")
-    with serve(trained, LOG["server"], ADMIN_TOKEN=TOKEN, FEEDBACK_DIR=str(FEEDBACK["dir"])) as url:
+    with serve(trained, LOG["server"], ADMIN_TOKEN=TOKEN, FEEDBACK_DIR=str(FEEDBACK["dir"]),
+               FEEDBACK_TOKEN=FEEDBACK_TOKEN) as url:
         yield url
 
 
@@ -204,15 +206,21 @@ def test_explain_heatmaps_point_at_the_animal(server: str) -> None:
 
 def test_feedback_is_stored_once_with_checked_labels(server: str) -> None:
     data = photos("cat", 2)[0].read_bytes()
-    first = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"})
+    auth = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+    assert httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"}).status_code == 401
+    first = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"}, headers=auth)
     assert first.status_code == 201, first.text
     stored = next((FEEDBACK["dir"] / "cat").glob(f"{first.json()['sha256']}.*"))
-    assert not first.json()["duplicate"]
-    again = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"})
+    assert not first.json()["duplicate"] and Image.open(stored).size == Image.open(io.BytesIO(data)).size
+    again = httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "cat"}, headers=auth)
     assert again.json()["duplicate"] and len(list(stored.parent.iterdir())) == 1
-    assert httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "horse"}).status_code == 422
-    assert httpx.post(f"{server}/feedback", files={"image": data}).status_code == 400
-    assert httpx.post(f"{server}/feedback", files={"image": b"text"}, data={"label": "dog"}).status_code == 415
+    assert httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "dog"}, headers=auth
+                      ).status_code == 409
+    assert httpx.post(f"{server}/feedback", files={"image": data}, data={"label": "horse"}, headers=auth
+                      ).status_code == 422
+    assert httpx.post(f"{server}/feedback", files={"image": data}, headers=auth).status_code == 400
+    assert httpx.post(f"{server}/feedback", files={"image": b"text"}, data={"label": "dog"}, headers=auth
+                      ).status_code == 415
 
 
 def test_admin_reload_needs_the_token(server: str) -> None:

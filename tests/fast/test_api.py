@@ -17,7 +17,9 @@ from starlette.testclient import TestClient
 from tests import synthetic
 
 TOKEN = "fast-admin-token"
-SETTINGS = {"MODEL_POLL_S": "0", "ADMIN_TOKEN": TOKEN, "MAX_BODY_BYTES": str(2_000_000), "MAX_BATCH_IMAGES": "4",
+FEEDBACK_TOKEN = "fast-feedback-token"
+AUTH = {"authorization": f"Bearer {FEEDBACK_TOKEN}"}
+SETTINGS = {"MODEL_POLL_S": "0", "ADMIN_TOKEN": TOKEN, "FEEDBACK_TOKEN": FEEDBACK_TOKEN, "FEEDBACK_BURST": "6", "MAX_BODY_BYTES": str(2_000_000), "MAX_BATCH_IMAGES": "4",
             "BENTOML_DO_NOT_TRACK": "true"}
 
 
@@ -134,18 +136,27 @@ def test_model_get_and_post(api, tiny_registry: Path) -> None:
     assert "history" not in info and not any("token" in k for k in info["runtime"]["config"])
 
 
-def test_feedback_stores_once_and_checks_label(api) -> None:
-    data = jpeg("blue", 3)
-    first = api.post("/feedback", files=up(data), data={"label": "blue"})
+def test_feedback_needs_its_token_stores_pixels_once_and_records_conflicts(api) -> None:
+    data = jpeg("blue", 3) + b"<html>trailing bytes that must not be stored</html>"
+    assert_error(api.post("/feedback", files=up(data), data={"label": "blue"}), 401, "unauthorized")
+    assert_error(api.post("/feedback", files=up(data), data={"label": "blue"},
+                          headers={"authorization": f"Bearer {TOKEN}"}), 401, "unauthorized")  # the admin's token
+    first = api.post("/feedback", files=up(data), data={"label": "blue"}, headers=AUTH)
     assert first.status_code == 201, first.text
     assert not first.json()["duplicate"]
-    assert len(list((api.feedback_dir / "blue").iterdir())) == 1
-    again = api.post("/feedback?label=blue", content=data, headers={"content-type": "image/jpeg"})
+    stored = list((api.feedback_dir / "blue").iterdir())
+    assert len(stored) == 1 and b"<html>" not in stored[0].read_bytes()
+    again = api.post("/feedback?label=blue", content=data, headers={"content-type": "image/jpeg", **AUTH})
     assert again.status_code == 201 and again.json()["duplicate"]
-    assert_error(api.post("/feedback", files=up(data), data={"label": "horse"}), 422, "unknown_label")
-    assert_error(api.post("/feedback", files=up(data)), 400, "bad_parameter")
-    assert_error(api.post("/feedback", files=up(b"text", "a.txt", "text/plain"), data={"label": "red"}), 415,
-                 "not_an_image")
+    assert_error(api.post("/feedback", files=up(data), data={"label": "red"}, headers=AUTH), 409, "label_conflict")
+    assert not (api.feedback_dir / "red").exists()
+    assert_error(api.post("/feedback", files=up(data), data={"label": "horse"}, headers=AUTH), 422, "unknown_label")
+    assert_error(api.post("/feedback", files=up(data), headers=AUTH), 400, "bad_parameter")
+    assert_error(api.post("/feedback", files=up(b"text", "a.txt", "text/plain"), data={"label": "red"},
+                          headers=AUTH), 415, "not_an_image")
+    limited = [api.post("/feedback", files=up(data), data={"label": "blue"}, headers=AUTH) for _ in range(8)]
+    assert limited[-1].status_code == 429 and limited[-1].json()["error"] == "rate_limited"
+    assert int(limited[-1].headers["retry-after"]) >= 1
 
 
 def test_admin_reload_needs_a_bearer_token(api) -> None:

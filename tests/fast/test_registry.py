@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 
 from imgcls.registry import ModelError, Registry, verify
+from tests.tiny_model import add_tiny_version
 
 
-def add_version(reg: Registry, name: str, payload: bytes = b"onnx-bytes") -> str:
-    staging = reg.staging_dir()
-    (staging / "model.onnx").write_bytes(payload)
-    return reg.add(staging, {"version": name, "labels": ["a", "b"], "metrics": {"test": {"accuracy": 0.9}}})
+def add_version(reg: Registry, name: str, seed: int = 0) -> str:
+    return add_tiny_version(reg, name, labels=("a", "b"), seed=seed)  # a real model: promote runs it
 
 
 def test_add_records_sha256_and_makes_files_read_only(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     v = add_version(reg, "v1")
     meta = reg.metadata(v)
-    assert meta["files"]["model.onnx"] == hashlib.sha256(b"onnx-bytes").hexdigest()
+    onnx = (reg.resolve(v) / "model.onnx").read_bytes()
+    assert meta["files"]["model.onnx"] == hashlib.sha256(onnx).hexdigest() and "reference.npz" in meta["files"]
     assert (reg.resolve(v) / "model.onnx").stat().st_mode & 0o222 == 0
     assert reg.versions() == ["v1"] and not list(tmp_path.glob(".staging-*"))
 
@@ -29,7 +29,7 @@ def test_add_records_sha256_and_makes_files_read_only(tmp_path: Path) -> None:
 def test_promote_moves_current_and_logs_history_and_rolls_back(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     add_version(reg, "v1")
-    add_version(reg, "v2", b"other")
+    add_version(reg, "v2", seed=1)
     assert reg.current() is None
     with pytest.raises(ModelError, match="no model has been promoted"):
         reg.resolve("current")
@@ -74,7 +74,7 @@ def test_resolve_accepts_folders_and_onnx_paths(tmp_path: Path) -> None:
 def test_readers_never_see_a_torn_pointer(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     for v in ("v1", "v2"):
-        add_version(reg, v, v.encode())
+        add_version(reg, v)
     reg.promote("v1")
     seen: set[str | None] = set()
     stop = threading.Event()

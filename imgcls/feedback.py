@@ -1,0 +1,184 @@
+"""Labelled images sent to POST /feedback, stored so that they cannot be abused.
+
+- Only pixels are kept: the upload is decoded and re-encoded (JPEG, quality 95, no metadata), so bytes appended
+  to an image (HTML, ZIP, ...) and its EXIF never reach the disk. Files are named by the sha256 of the decoded
+  pixels, so the same picture sent as PNG and as JPEG, or with junk appended, is one image.
+- A total quota (bytes and files): over it, :class:`FeedbackRefused` 507.
+- The same image under two labels is a conflict: recorded in ``conflicts.jsonl`` (409), never stored under the
+  second label; retraining skips every conflicted image and reports how many it skipped.
+- :class:`RateLimiter`: a token bucket per client (429 with ``Retry-After``).
+
+Layout: ``FEEDBACK_DIR/<label>/<pixel sha256>.jpg`` (write-then-rename), ``FEEDBACK_DIR/conflicts.jsonl``.
+No torch, no web framework: retraining reads the same folder through :func:`conflicted_hashes`.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from imgcls.images import DEFAULT_MAX_PIXELS_FULL, decode_image
+from imgcls.registry import now_iso
+
+CONFLICTS_FILE = "conflicts.jsonl"
+STORED_MAX_SIDE = 2048  # far above any model's input; bounds each stored file (~1-2 MB) and retraining's decode
+JPEG_QUALITY = 95
+
+
+class FeedbackRefused(Exception):
+    """A refused feedback request: answered as ``status`` with ``{"error": reason, "detail": message}``
+    (the same attributes as ``service.errors.ApiError``)."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers
+
+
+def pixel_sha256(img: Image.Image) -> str:
+    """The identity of an image's content: sha256 over its mode, size and decoded pixels."""
+    h = hashlib.sha256(f"{img.mode} {img.width}x{img.height}\n".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def conflicted_hashes(root: Path) -> set[str]:
+    """Pixel hashes recorded as conflicts in ``root/conflicts.jsonl``, plus any name stored under two labels
+    (older stores kept the same image under both)."""
+    found: set[str] = set()
+    path = root / CONFLICTS_FILE
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                found.add(json.loads(line)["sha256"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a crash: the next record is still read
+    seen: dict[str, str] = {}
+    for label, stem in _stored(root):
+        if seen.setdefault(stem, label) != label:
+            found.add(stem)
+    return found
+
+
+def _stored(root: Path) -> list[tuple[str, str]]:
+    """(label, name without extension) of every stored image; hidden files are in-flight writes."""
+    if not root.is_dir():
+        return []
+    return [(d.name, p.stem) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+            for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
+@dataclass(frozen=True)
+class Stored:
+    path: Path
+    sha256: str
+    label: str
+    duplicate: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stored": str(self.path), "sha256": self.sha256, "label": self.label, "duplicate": self.duplicate}
+
+
+class FeedbackStore:
+    """Feedback images under ``root`` with a quota of ``max_bytes`` and ``max_files``. Thread-safe in one process.
+
+    Usage and the hash -> label index are read from disk once, then kept up to date as images are added."""
+
+    def __init__(self, root: Path, *, max_bytes: int = 1 << 30, max_files: int = 20_000,
+                 max_pixels: int = DEFAULT_MAX_PIXELS_FULL) -> None:
+        self.root, self.max_bytes, self.max_files, self.max_pixels = Path(root), max_bytes, max_files, max_pixels
+        self._lock = threading.Lock()
+        self._labels: dict[str, str] = {}
+        self.files = self.bytes = 0
+        for label, stem in _stored(self.root):
+            self._labels.setdefault(stem, label)
+        if self.root.is_dir():
+            for d in self.root.iterdir():
+                if d.is_dir() and not d.name.startswith("."):
+                    for p in d.iterdir():
+                        if p.is_file() and not p.name.startswith("."):
+                            self.files += 1
+                            self.bytes += p.stat().st_size
+        self._conflicts = conflicted_hashes(self.root)
+
+    def add(self, data: bytes, label: str) -> Stored:
+        """Decode ``data`` (any format :func:`decode_image` reads; ``ImageError`` for bad input), store its pixels
+        under ``label``. Raises :class:`FeedbackRefused` 409 for a conflicting label, 507 over the quota."""
+        # Full decode (no JPEG draft): the name must be the hash of the full-size pixels, which retraining
+        # recomputes for its evaluation files to keep the candidate from training on its exam.
+        img = decode_image(data, max_pixels=self.max_pixels, max_pixels_full=self.max_pixels)
+        digest = pixel_sha256(img)
+        img.thumbnail((STORED_MAX_SIDE, STORED_MAX_SIDE), Image.BILINEAR)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=JPEG_QUALITY, subsampling=0)
+        encoded = buf.getvalue()
+        with self._lock:
+            known = self._labels.get(digest)
+            if digest in self._conflicts or (known is not None and known != label):
+                self._record_conflict(digest, [known, label] if known else [label])
+                raise FeedbackRefused(409, "label_conflict", f"this image was already labelled {known!r}; "
+                                      f"recorded as a conflict, not stored, and left out of retraining")
+            folder = self.root / label
+            path = folder / f"{digest}.jpg"
+            if known == label:
+                return Stored(path, digest, label, True)
+            if self.files + 1 > self.max_files or self.bytes + len(encoded) > self.max_bytes:
+                raise FeedbackRefused(507, "feedback_quota", f"the feedback store is full ({self.files} files, "
+                                      f"{self.bytes} bytes; limits {self.max_files} files, {self.max_bytes} bytes)")
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(encoded)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            self._labels[digest] = label
+            self.files += 1
+            self.bytes += len(encoded)
+            return Stored(path, digest, label, False)
+
+    def _record_conflict(self, digest: str, labels: list[str]) -> None:
+        self._conflicts.add(digest)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / CONFLICTS_FILE, "a") as f:
+            f.write(json.dumps({"time": now_iso(), "sha256": digest, "labels": labels}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class RateLimiter:
+    """A token bucket per client key: ``rate`` requests per second on average, bursts of ``burst``.
+
+    At most ``max_clients`` buckets are kept (least recently used dropped first), so memory stays bounded
+    whatever the number of clients; a dropped bucket comes back full, which only errs towards allowing."""
+
+    def __init__(self, rate: float, burst: int, max_clients: int = 10_000) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"rate must be > 0 and burst >= 1 (got {rate}, {burst})")
+        self.rate, self.burst, self.max_clients = rate, float(burst), max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def check(self, key: str, now: float | None = None) -> None:
+        """Take one token for ``key`` or raise :class:`FeedbackRefused` 429 with the seconds to wait."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, at = self._buckets.pop(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            if tokens < 1:
+                self._buckets[key] = (tokens, now)
+                wait = math.ceil((1 - tokens) / self.rate)
+                raise FeedbackRefused(429, "rate_limited", f"too many requests from this client; retry in {wait} s",
+                                      {"Retry-After": str(wait)})
+            self._buckets[key] = (tokens - 1, now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
