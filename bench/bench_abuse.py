@@ -83,7 +83,7 @@ def main() -> None:
     under = math.isqrt(DEFAULT_MAX_PIXELS_FULL)
     bombs = {"7000x7000 lossless WebP (issue)": webp(7000), f"{under}x{under} lossless WebP (at the limit)": webp(under)}
     port = free_port()
-    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1",
            "--port", str(port)]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-abuse-{port}.log"
     with server(cmd, port, {"ARTIFACTS_DIR": str(args.artifacts), "BENTOML_DISABLE_GPU_ALLOCATION": "1"}, log) as url:

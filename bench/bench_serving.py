@@ -69,7 +69,7 @@ def main() -> None:
            "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
     port = free_port()
     log = Path(tempfile.gettempdir()) / "bench_serving.log"
-    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1",
            "--port", str(port)]
     with server_process(cmd, port, env, log) as url:
         load(url, bodies[:64], args.clients, 128)  # warm-up

@@ -172,7 +172,7 @@ def main() -> None:
         rows = run(args.url, args.pid)
     else:
         port = free_port()
-        cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1",
                "--port", str(port)]
         env = {"ARTIFACTS_DIR": str(args.artifacts), "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"soak-server-{port}.log"

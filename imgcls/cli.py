@@ -2,7 +2,7 @@
 
     imgcls train|evaluate|list|show|promote|export|retrain ...   the registry and training (python -m training)
     imgcls batch --input DIR|GLOB|LIST.csv --output FILE ...      batch inference (python -m imgcls.batch)
-    imgcls serve [--host H] [--port P] ...                         the HTTP service (bentoml serve)
+    imgcls serve [BENTO] [--host H] [--port P] ...                 the HTTP service (bentoml serve)
 
 ``imgcls COMMAND --help`` tells more. ``batch`` and ``serve`` never import torch or the training code.
 """
@@ -13,6 +13,9 @@ import sys
 
 TRAINING_COMMANDS = ("train", "evaluate", "list", "show", "promote", "export", "retrain")
 SERVICE = "service.service:ImageClassifier"
+# Longer than the idle timeouts of common clients (and of BentoML's own client between our two services, 15 s), so
+# that the client, not the server, closes an idle connection: otherwise a request sent as the server closes it fails.
+KEEP_ALIVE_S = "75"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,8 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return batch_main(rest, prog="imgcls batch")
     if command == "serve":
-        # bentoml's own CLI, so every option of `bentoml serve` (--host, --port, --reload, ...) passes through.
-        cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, *rest]
+        # bentoml's own CLI, so every option of `bentoml serve` (--host, --port, --reload, ...) passes through;
+        # a first argument that is no option names a built Bento (image_classifier:TAG) instead of this checkout.
+        target = [] if rest and not rest[0].startswith("-") else [SERVICE]
+        defaults = [] if "--timeout-keep-alive" in rest else ["--timeout-keep-alive", KEEP_ALIVE_S]
+        cmd = [sys.executable, "-m", "bentoml", "serve", *target, *rest, *defaults]
         sys.stdout.flush()
         os.execv(sys.executable, cmd)
     print(f"imgcls: unknown command {command!r}; choose from {', '.join([*TRAINING_COMMANDS, 'batch', 'serve'])}",

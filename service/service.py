@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import bentoml
+from bentoml.exceptions import BentoMLException
 import numpy as np
 from bentoml.validators import ContentType
 from PIL import Image
@@ -190,11 +191,11 @@ class ImageClassifier:
         ``format=json`` gives the raw map instead. Headers ``x-label``, ``x-score``, ``x-model-version``."""
         data = image.read_bytes()
         img, crop = await self._decode(data)
-        answer = await self.inference.to_async.explain(crop=crop, label=label)
+        answer = await self._call_model("explain", crop=crop, label=label)
         if answer.get("error") == "stale_input":
             self._sizes = (answer["resize_size"], answer["input_size"])
             img, crop = await self._decode(data)
-            answer = await self.inference.to_async.explain(crop=crop, label=label)
+            answer = await self._call_model("explain", crop=crop, label=label)
         _raise_for(answer)
         index, probs, cam = answer["index"], np.asarray(answer["probs"]), np.asarray(answer["cam"])
         name = answer["labels"][index]
@@ -245,14 +246,32 @@ class ImageClassifier:
             raise ApiError(403, "admin_disabled", "set ADMIN_TOKEN to enable /admin/reload")
         if not bearer_matches(ctx.request.headers.get("authorization"), self.config.admin_token):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
-        answer = await self.inference.to_async.reload()
+        answer = await self._call_model("reload")
         _raise_for(answer)
         self._sizes = None
         return answer
 
     # -- the classification path -----------------------------------------------------------------------------------
+    async def _call_model(self, method: str, **kwargs: Any) -> Any:
+        """Call the model service; a dropped connection (a keep-alive race) is retried once (every model call is
+        idempotent), and whatever still fails is a 503 with a reason, never a 500."""
+        call = getattr(self.inference.to_async, method)
+        for attempt in (1, 2):
+            try:
+                return await call(**kwargs)
+            except BentoMLException as e:
+                status = getattr(getattr(e, "error_code", None), "value", 503)
+                if status == 503:
+                    raise overloaded(f"the model service is overloaded: {e}") from e
+                raise ApiError(503, "model_unavailable", f"the model service failed: {e}", {"Retry-After": "1"}) from e
+            except Exception as e:  # noqa: BLE001 - transport errors of the client BentoML uses
+                if attempt == 2:
+                    raise ApiError(503, "model_unavailable", f"the model service did not answer: "
+                                                             f"{type(e).__name__}: {e}", {"Retry-After": "1"}) from e
+        raise AssertionError("unreachable")
+
     async def _describe(self) -> dict[str, Any]:
-        answer = await self.inference.to_async.describe()
+        answer = await self._call_model("describe")
         _raise_for(answer)
         pre = answer["preprocessing"]
         self._sizes = (int(pre["resize_size"]), int(pre["input_size"]))
@@ -281,11 +300,11 @@ class ImageClassifier:
         self.in_flight += 1
         try:
             _, crop = await self._decode(data)
-            answer = (await self.inference.to_async.infer([crop]))[0]
+            answer = (await self._call_model("infer", crops=[crop]))[0]
             if answer.get("error") == "stale_input":  # the model was swapped for one of another input size
                 self._sizes = (answer["resize_size"], answer["input_size"])
                 _, crop = await self._decode(data)
-                answer = (await self.inference.to_async.infer([crop]))[0]
+                answer = (await self._call_model("infer", crops=[crop]))[0]
         finally:
             self.in_flight -= 1
         _raise_for(answer)

@@ -50,11 +50,12 @@ def photos(label: str, n: int) -> list[Path]:
 
 @contextmanager
 def serve(artifacts: Path, log_path: Path, ready: bool = True, **env: str) -> Iterator[str]:
-    """``bentoml serve service.service:ImageClassifier`` on a free port; yields its base URL; SIGTERM at the end.
+    """``imgcls serve`` (bentoml serve service.service:ImageClassifier) on a free port; yields its base URL;
+    SIGTERM at the end.
 
     ``ready=False`` waits only for /livez (a server that has no model yet)."""
     port = free_port()
-    cmd = [PY, "-m", "bentoml", "serve", "service.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [PY, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with server_process(cmd, port, {**child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1",
                                                 **env)},
                         log_path, probe="/readyz" if ready else "/livez", timeout=90) as url:

@@ -271,7 +271,7 @@ def test_built_bento_serves_a_real_photo_and_packs_no_photo(trained: Path, tmp_p
     assert not [f for f in files if f.lower().endswith((".jpg", ".jpeg", ".png"))]
     assert not [f for f in files if "/cache/" in f or "/report/" in f or f.startswith("tests/")]
     port = free_port()
-    cmd = [PY, "-m", "bentoml", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [PY, "-m", "imgcls", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
     with start_server(cmd, port, env={**env, "BENTOML_DISABLE_GPU_ALLOCATION": "1"},
                       log=tmp_path / "bento.log", timeout=120) as url:
         r = httpx.post(f"{url}/classify", files={"image": photos("dog", 1)[0].read_bytes()}, timeout=60)
