@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from bentoml._internal.marshal.dispatcher import CorkDispatcher  # BentoML's adaptive batching (pinned version)
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from imgcls.images import ImageError, decode_image
 from imgcls.onnx_model import OnnxClassifier, gpu_visible
@@ -367,3 +367,9 @@ async def admin_reload(request: Request) -> JSONResponse:
     if not hmac.compare_digest(given.encode(), svc.config.admin_token.encode()):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
     return JSONResponse(await anyio.to_thread.run_sync(svc.reload))
+
+
+@app.get("/demo")
+async def demo() -> HTMLResponse:
+    """TEMP: the demo page, until the new service serves it."""
+    return HTMLResponse((Path(__file__).parent / "static" / "demo.html").read_text(encoding="utf-8"))
