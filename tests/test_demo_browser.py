@@ -62,6 +62,9 @@ class Tab:
         self.requests: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: self.requests.append(r.url))
+        # A standing listener keeps Playwright's file chooser interception on: re-enabled per expect_file_chooser,
+        # it raced the key press and about one chooser in six went unseen.
+        self.page.on("filechooser", lambda chooser: None)
         self.page.goto(f"{url}/demo")
 
 
