@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from imgcls.onnx_model import DeviceError
 from imgcls.registry import ModelError, Registry
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
@@ -52,12 +53,12 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
 
     model_dir = registry.resolve(args.model)
     ds = _dataset(args)
-    result = evaluate_onnx(model_dir, ds.splits[args.split], ds.classes, device=args.device)
+    result = evaluate_onnx(model_dir, ds.splits[args.split], ds.classes, device=args.device, variant=args.variant)
     result["split"], result["data"] = args.split, ds.root
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['model']} on {ds.root} [{args.split}]: accuracy {result['accuracy']:.4f}, "
+        print(f"{result['model']} ({result['variant']}) on {ds.root} [{args.split}]: accuracy {result['accuracy']:.4f}, "
               f"log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, n={result['n']}, "
               f"misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
         print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--variant", choices=["auto", "fp32", "int8", "fp16"], default="auto",
+                   help="which of the version's models: auto picks fp16 on CUDA, int8 on a CPU with VNNI/AMX")
     p.add_argument("--limit-per-class", type=int)
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             return args.func(args, registry)
-    except (DataError, WeightsError, ModelError, ExportError, ValueError) as e:
+    except (DataError, WeightsError, ModelError, ExportError, DeviceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
