@@ -49,16 +49,16 @@ def choose_providers(device: str, available: list[str], gpu: bool, tensorrt_cach
     if device == "cuda" and not cuda:
         raise DeviceError("DEVICE=cuda, but this onnxruntime has no CUDA provider (it is the CPU build: install "
                           "onnxruntime-gpu instead, as `make setup` does where nvidia-smi finds a GPU)")
-    if device == "cpu" or not cuda or not gpu and device == "auto":
+    if device == "cpu" or not cuda or (device == "auto" and not gpu):
         if device == "auto":
             log.info("DEVICE=auto: using the CPU (%s)", "no GPU visible" if cuda else "a CPU build of onnxruntime")
         return ["CPUExecutionProvider"]
     providers: list = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if tensorrt_cache is not None:
         if "TensorrtExecutionProvider" in available:
+            # fp16 comes from the fp16 variant's file, not from TensorRT's own conversion of an fp32 model
             providers.insert(0, ("TensorrtExecutionProvider", {
-                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tensorrt_cache),
-                "trt_fp16_enable": True}))
+                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tensorrt_cache)}))
         else:
             log.warning("ORT_TENSORRT=1, but this onnxruntime has no TensorRT provider; using CUDA without it")
     return providers

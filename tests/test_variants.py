@@ -159,8 +159,7 @@ def test_device_cuda_without_cuda_is_an_error_and_auto_falls_back(tmp_path: Path
     assert choose_providers("cuda", gpu_build, gpu=True) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     trt = choose_providers("auto", gpu_build, gpu=True, tensorrt_cache=tmp_path / "trt")
     assert trt[0] == ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
-                                                    "trt_engine_cache_path": str(tmp_path / "trt"),
-                                                    "trt_fp16_enable": True})
+                                                    "trt_engine_cache_path": str(tmp_path / "trt")})
     assert choose_providers("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], gpu=True,
                             tensorrt_cache=tmp_path)[0] == "CUDAExecutionProvider"  # no TensorRT: CUDA alone
 
