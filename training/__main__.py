@@ -59,8 +59,8 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['model']} ({result['variant']}) on {ds.root} [{args.split}]: "
-              f"accuracy {result['accuracy']:.4f}, log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, n={result['n']}, "
-              f"misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
+              f"accuracy {result['accuracy']:.4f}, log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, "
+              f"n={result['n']}, misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
         print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
     return 0
 
