@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from imgcls.images import IMAGE_SUFFIXES
 from imgcls.loader import Failure, preprocessed_batches
-from imgcls.onnx_model import OnnxClassifier
+from imgcls.onnx_model import VARIANTS, DeviceError, OnnxClassifier
 from imgcls.registry import ModelError, Registry, default_root, verify
 
 FIELDS = ("path", "label", "score", "probabilities", "model_version", "error", "detail")
@@ -259,6 +259,7 @@ class Options:
     # idle machine, faster while other processes compete for the cores.
     decode_nice: int = 10
     device: str = "auto"
+    variant: str = "auto"  # auto | fp32 | int8 | fp16 (imgcls.onnx_model.choose_variant)
     progress: bool = True
     actors: int | None = None  # ray: actor pool size (None: cluster CPUs // actor_cpus)
     actor_cpus: float = 1.0  # ray: CPUs reserved per actor
@@ -280,8 +281,8 @@ def run_local(todo: list[str], model: OnnxClassifier, out: ResultsFile, opts: Op
 class RayPredictor:
     """The Ray Data actor: loads the ONNX model once, decodes each batch in threads, returns rows as JSON text."""
 
-    def __init__(self, model_dir: str, device: str, threads: int | None, workers: int) -> None:
-        self.model = OnnxClassifier(model_dir, device=device, threads=threads)
+    def __init__(self, model_dir: str, device: str, threads: int | None, workers: int, variant: str = "auto") -> None:
+        self.model = OnnxClassifier(model_dir, device=device, threads=threads, variant=variant)
         self.workers = workers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -309,7 +310,7 @@ def run_ray(todo: list[str], model_dir: Path, out: ResultsFile, opts: Options) -
         ds = ray.data.from_items([{"path": p} for p in todo]).map_batches(
             RayPredictor,
             fn_constructor_kwargs={"model_dir": str(model_dir), "device": opts.device, "threads": threads,
-                                   "workers": opts.workers},
+                                   "workers": opts.workers, "variant": opts.variant},
             batch_size=opts.batch_size, batch_format="numpy", num_cpus=opts.actor_cpus,
             num_gpus=1 if opts.device == "cuda" else 0,
             compute=ray.data.ActorPoolStrategy(size=actors),
@@ -345,7 +346,7 @@ def run_job(inputs: str, output: Path, model_dir: Path, engine: str = "local", o
         import_ray()  # fail before loading anything
         model, version = None, verify(model_dir)["version"]  # the actors load their own sessions
     else:
-        model = OnnxClassifier(model_dir, device=opts.device, threads=opts.threads)
+        model = OnnxClassifier(model_dir, device=opts.device, threads=opts.threads, variant=opts.variant)
         version = model.version
     with ResultsFile(output) as out:
         _check_same_model(out, version)
@@ -415,6 +416,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m imgcls.batc
     p.add_argument("--decode-nice", type=int, default=Options.decode_nice,
                    help="how much lower the decoding threads' scheduling priority is (0: the same)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--variant", choices=["auto", *VARIANTS], default="auto",
+                   help="model variant: auto picks fp16 on CUDA, int8 on a CPU with VNNI/AMX, else fp32")
     p.add_argument("--actors", type=int, default=None, help="ray: actor pool size (default: CPUs / --actor-cpus)")
     p.add_argument("--actor-cpus", type=float, default=Options.actor_cpus, help="ray: CPUs reserved per actor")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -427,14 +430,15 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m imgcls.batc
 def main(argv: list[str] | None = None, prog: str = "python -m imgcls.batch") -> int:
     args = parse_args(argv, prog)
     opts = Options(batch_size=args.batch_size, workers=args.workers, threads=args.threads, prefetch=args.prefetch,
-                   decode_nice=args.decode_nice, device=args.device, progress=not args.no_progress,
+                   decode_nice=args.decode_nice, device=args.device, variant=args.variant,
+                   progress=not args.no_progress,
                    actors=args.actors, actor_cpus=args.actor_cpus)
     try:
         if args.engine == "ray":
             import_ray()  # before anything slow
         model_dir = Registry(args.artifacts).resolve(args.model)
         summary = run_job(args.input, args.output, model_dir, args.engine, opts)
-    except (BatchError, ModelError) as e:
+    except (BatchError, ModelError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

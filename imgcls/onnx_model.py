@@ -1,4 +1,8 @@
-"""A registry model version running in ONNX Runtime: CUDA where present and asked for, else CPU. No torch."""
+"""A registry model version running in ONNX Runtime: CUDA where present and asked for, else CPU. No torch.
+
+A version may hold variants of its network (``model.int8.onnx``, ``model.fp16.onnx``; see ``training/variants.py``);
+``variant="auto"`` picks fp16 on CUDA, int8 on a CPU with int8 dot-product instructions (VNNI or AMX), else fp32.
+"""
 from __future__ import annotations
 
 import logging
@@ -10,29 +14,65 @@ import numpy as np
 
 from imgcls.cam import class_activation_map
 from imgcls.preprocess import Preprocess
-from imgcls.registry import HEAD_FILE, ONNX_FILE, verify
+from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, default_root, verify
 
 log = logging.getLogger(__name__)
+VARIANTS = tuple(VARIANT_FILES)  # fp32, int8, fp16
+# /proc/cpuinfo flags of the instructions that make int8 convolutions faster than fp32 ones.
+INT8_CPU_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def providers_for(device: str) -> list[str]:
-    """ONNX Runtime providers for ``device`` in {auto, cuda, cpu}. ``auto`` means CUDA when a GPU is visible."""
+class DeviceError(RuntimeError):
+    """The device asked for cannot be used (e.g. DEVICE=cuda where CUDA cannot start)."""
+
+
+def providers_for(device: str, tensorrt_cache: Path | None = None) -> list:
+    """ONNX Runtime providers for ``device`` in {auto, cuda, cpu}. ``auto`` means CUDA when a GPU is visible.
+
+    ``device="cuda"`` with an onnxruntime that has no CUDA provider raises :class:`DeviceError`. With
+    ``tensorrt_cache`` (a folder) TensorRT goes first, caching its engines there, when this onnxruntime has it."""
     import onnxruntime as ort
 
+    providers = choose_providers(device, ort.get_available_providers(), gpu_visible(), tensorrt_cache)
+    if "CUDAExecutionProvider" in providers and hasattr(ort, "preload_dlls"):
+        try:  # onnxruntime-gpu[cuda,cudnn]: load the pip-installed CUDA libraries
+            ort.preload_dlls()
+        except Exception as e:  # noqa: BLE001 - a missing DLL shows up as a session without CUDA
+            log.warning("onnxruntime.preload_dlls() failed: %s", e)
+    return providers
+
+
+def choose_providers(device: str, available: list[str], gpu: bool, tensorrt_cache: Path | None = None) -> list:
+    """The provider list for ``device`` given the providers compiled in (``available``) and whether a GPU is seen."""
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be auto, cuda or cpu, not {device!r}")
-    compiled_in = "CUDAExecutionProvider" in ort.get_available_providers()
-    want_cuda = device == "cuda" or (device == "auto" and compiled_in and gpu_visible())
-    if want_cuda and compiled_in:
-        if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu[cuda,cudnn]: load the pip-installed CUDA libraries
-            try:
-                ort.preload_dlls()
-            except Exception as e:  # noqa: BLE001 - a missing DLL shows up as a CPU-only session below
-                log.warning("onnxruntime.preload_dlls() failed: %s", e)
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if want_cuda:
-        log.warning("device=cuda asked for, but this onnxruntime has no CUDA provider; using CPU")
-    return ["CPUExecutionProvider"]
+    cuda = "CUDAExecutionProvider" in available
+    if device == "cuda" and not cuda:
+        raise DeviceError("DEVICE=cuda, but this onnxruntime has no CUDA provider (it is the CPU build: install "
+                          "onnxruntime-gpu instead, as `make setup` does where nvidia-smi finds a GPU)")
+    if device == "cpu" or not cuda or (device == "auto" and not gpu):
+        if device == "auto":
+            log.info("DEVICE=auto: using the CPU (%s)", "no GPU visible" if cuda else "a CPU build of onnxruntime")
+        return ["CPUExecutionProvider"]
+    providers: list = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if tensorrt_cache is not None:
+        if "TensorrtExecutionProvider" in available:
+            # fp16 comes from the fp16 variant's file, not from TensorRT's own conversion of an fp32 model
+            providers.insert(0, ("TensorrtExecutionProvider", {
+                "trt_engine_cache_enable": True, "trt_engine_cache_path": str(tensorrt_cache)}))
+        else:
+            log.warning("ORT_TENSORRT=1, but this onnxruntime has no TensorRT provider; using CUDA without it")
+    return providers
+
+
+def tensorrt_cache_from_env() -> Path | None:
+    """``ORT_TENSORRT=1`` asks for TensorRT; its engines are cached in ``ORT_TRT_CACHE_DIR``
+    (default ``<artifacts>/cache/tensorrt``) so that only the first start of a model builds them."""
+    if os.environ.get("ORT_TENSORRT", "") not in ("1", "true", "yes"):
+        return None
+    path = Path(os.environ.get("ORT_TRT_CACHE_DIR") or default_root() / "cache" / "tensorrt")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def gpu_visible() -> bool:
@@ -42,12 +82,44 @@ def gpu_visible() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """The CPU has VNNI or AMX int8 instructions (read from /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return bool(INT8_CPU_FLAGS.intersection(flags))
+
+
+def available_variants(model_dir: Path, metadata: dict[str, Any]) -> list[str]:
+    """The variants ``model_dir`` holds: fp32 always; others when their file exists and, for a registered version,
+    its sha256 is recorded (so an unchecked file is never loaded)."""
+    files = metadata.get("files")
+    return [v for v, name in VARIANT_FILES.items()
+            if v == "fp32" or ((model_dir / name).is_file() and (files is None or name in files))]
+
+
+def choose_variant(requested: str, available: list[str], on_cuda: bool, int8_cpu: bool) -> str:
+    """``requested`` (auto, fp32, int8, fp16) resolved against what a version holds and where it runs."""
+    if requested == "auto":
+        if on_cuda:
+            return "fp16" if "fp16" in available else "fp32"
+        return "int8" if int8_cpu and "int8" in available else "fp32"
+    if requested not in VARIANTS:
+        raise ValueError(f"variant must be auto, {', '.join(VARIANTS)}, not {requested!r}")
+    if requested not in available:
+        raise ModelError(f"this model has no {requested} variant (it holds {', '.join(available)})")
+    return requested
+
+
 class OnnxClassifier:
     """Loads ``model_dir`` (verifying its sha256s) and classifies preprocessed NCHW float32 batches."""
 
     def __init__(self, model_dir: Path | str, *, device: str = "auto", threads: int | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
-        """``metadata`` is for a version still being built (not yet checksummed); otherwise it is verified."""
+                 metadata: dict[str, Any] | None = None, variant: str = "auto") -> None:
+        """``metadata`` is for a version still being built (not yet checksummed); otherwise it is verified.
+        ``variant``: auto, fp32, int8 or fp16 (see :func:`choose_variant`); ``.variant`` says which one runs."""
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -62,10 +134,26 @@ class OnnxClassifier:
         # Idle intra-op threads sleep instead of busy-waiting: on a few cores they would otherwise take CPU from
         # the threads that decode the next images (bench/bench_batch.py measured 4-20% more throughput).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(self.model_dir / ONNX_FILE), sess_options=opts, providers=providers_for(device)
-        )
+        providers = providers_for(device, tensorrt_cache_from_env())
+        available = available_variants(self.model_dir, self.metadata)
+        wants_cuda = "CUDAExecutionProvider" in providers
+        self.variant: str = choose_variant(variant, available, wants_cuda, cpu_has_int8_dot())
+        self.session = ort.InferenceSession(str(self.model_dir / VARIANT_FILES[self.variant]), sess_options=opts,
+                                            providers=providers)
         self.providers: list[str] = self.session.get_providers()  # what the session really uses
+        if wants_cuda and "CUDAExecutionProvider" not in self.providers:
+            # onnxruntime-gpu falls back to the CPU silently when CUDA cannot start (driver, libraries, no GPU).
+            if device == "cuda":
+                raise DeviceError("DEVICE=cuda, but ONNX Runtime's CUDA provider could not start (see its log "
+                                  "above: missing libcudart/libcudnn, no driver or no GPU); providers in use: "
+                                  f"{self.providers}")
+            log.warning("DEVICE=auto: the CUDA provider could not start (see ONNX Runtime's log); using the CPU")
+            cpu_variant = choose_variant(variant, available, False, cpu_has_int8_dot())
+            if cpu_variant != self.variant:
+                self.variant = cpu_variant
+                self.session = ort.InferenceSession(str(self.model_dir / VARIANT_FILES[self.variant]),
+                                                    sess_options=opts, providers=["CPUExecutionProvider"])
+                self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.has_features = "features" in outputs
@@ -74,7 +162,8 @@ class OnnxClassifier:
 
     @property
     def device(self) -> str:
-        return "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+        return "cuda" if gpu.intersection(self.providers) else "cpu"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities, shape (N, classes), for a preprocessed batch (N, 3, S, S)."""

@@ -3,6 +3,7 @@
 Layout::
 
     artifacts/models/<version>/model.onnx     the exported model (one file)
+    artifacts/models/<version>/model.int8.onnx, model.fp16.onnx   optional variants (training/variants.py)
     artifacts/models/<version>/head.npz       the linear head's weights, for class activation maps
     artifacts/models/<version>/metadata.json  labels, preprocessing, backbone, data hash, metrics, sha256s
     artifacts/current                         the promoted version's name (replaced by write-then-rename)
@@ -22,6 +23,8 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONNX_FILE, HEAD_FILE, METADATA_FILE = "model.onnx", "head.npz", "metadata.json"
+# The same network at other precisions; a version holds a variant only when it passed the accuracy rule.
+VARIANT_FILES = {"fp32": ONNX_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
 class ModelError(RuntimeError):

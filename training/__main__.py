@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from imgcls.onnx_model import DeviceError
 from imgcls.registry import ModelError, Registry, public_metadata
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
@@ -56,14 +57,14 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
     if not samples:
         raise DataError(f"no images to evaluate: the {args.split} split of {ds.root} ({ds.layout}) is empty"
                         + ("" if args.split == "all" else "; --split all scores every image"))
-    result = evaluate_onnx(model_dir, samples, ds.classes, device=args.device)
+    result = evaluate_onnx(model_dir, samples, ds.classes, device=args.device, variant=args.variant)
     result["split"], result["data"] = args.split, ds.root
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['model']} on {ds.root} [{args.split}]: accuracy {result['accuracy']:.4f}, "
-              f"log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, n={result['n']}, "
-              f"misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
+        print(f"{result['model']} ({result['variant']}) on {ds.root} [{args.split}]: "
+              f"accuracy {result['accuracy']:.4f}, log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, "
+              f"n={result['n']}, misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
         print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
     return 0
 
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="test",
                    help="which split to score; all: every image of the folder, in any layout")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--variant", choices=["fp32", "int8", "fp16", "auto"], default="fp32",
+                   help="which of the version's models (the recorded test metrics are fp32's; auto: what serving "
+                        "picks here, fp16 on CUDA, int8 on a CPU with VNNI/AMX, else fp32)")
     p.add_argument("--limit-per-class", type=int)
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     try:
         with logging_redirect_tqdm():
             return args.func(args, registry)
-    except (DataError, WeightsError, ModelError, ExportError, ValueError) as e:
+    except (DataError, WeightsError, ModelError, ExportError, DeviceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

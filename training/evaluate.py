@@ -61,11 +61,11 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
 
 
 def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], device: str = "auto",
-                  meta: dict | None = None) -> dict:
-    """Load a version folder in ONNX Runtime and compute :func:`classification_metrics` on ``samples``."""
+                  meta: dict | None = None, variant: str = "fp32") -> dict:
+    """Load a version folder (its ``variant``) in ONNX Runtime and compute :func:`classification_metrics`."""
     from imgcls.onnx_model import OnnxClassifier
 
-    model = OnnxClassifier(model_dir, device=device, metadata=meta)
+    model = OnnxClassifier(model_dir, device=device, metadata=meta, variant=variant)
     if model.labels != classes:
         mapping = {c: i for i, c in enumerate(model.labels)}
         missing = [c for c in classes if c not in mapping]
@@ -77,5 +77,5 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
         raise ValueError(f"none of the {len(samples)} images could be read, e.g. {next(iter(errors.items()), '')}")
     result = classification_metrics(y, probs, model.labels, paths)
     result["skipped"] = {str(p): e for p, e in errors.items()}
-    result["model"] = model.version
+    result["model"], result["variant"] = model.version, model.variant
     return result

@@ -20,6 +20,7 @@ from training.export import export_onnx, head_weights, parity_batch
 from training.features import FeatureExtractor
 from training.fit import FitConfig, fit
 from training.models import create_model
+from training.variants import build_variants
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     model = create_model(cfg.backbone, len(ds.classes), weights=cfg.weights, random_init=cfg.random_init,
                          dropout=cfg.dropout, unfreeze_last_block=cfg.unfreeze_last_block)
     # Only fixed, known weights make features cacheable (random and scratch backbones differ every run).
-    extractor = FeatureExtractor(model, cache_dir if model.pretrained else None)
+    extractor = FeatureExtractor(model, cache_dir if model.pretrained else None,
+                                 frozen_dir=cache_dir.parent / "frozen" if cache_dir else None)
     views = [extractor.extract(ds.splits["train"], v, "train features") for v in range(cfg.aug_views + 1)]
     val = extractor.extract(ds.splits["val"], 0, "val features")
     timings["features_s"] = time.perf_counter() - t0
@@ -110,6 +112,9 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
             "test": evaluate_onnx(staging, ds.splits["test"], ds.classes, device="cpu", meta=meta),
         }
         timings["evaluate_s"] = time.perf_counter() - t3
+        t5 = time.perf_counter()
+        meta["variants"] = build_variants(staging, meta, ds.splits["train"], ds.splits["test"])
+        timings["variants_s"] = time.perf_counter() - t5
         t4 = time.perf_counter()
         cams = [next(p for p, l in ds.splits["test"] if l == k) for k in range(len(ds.classes))][:4]
         write_report(staging / "report", meta, history, model, cams)
