@@ -3,7 +3,7 @@
     python -m bench.bench_variants [--artifacts DIR] [--model current] [--data DIR] [--rounds 3] [--json FILE]
     python -m bench.bench_variants --first-train [--train-data DIR]   # also: train from an empty artifacts folder
 
-- job: ``service.batch``'s local engine end to end (read, decode, preprocess, ONNX, write + fsync), per variant.
+- job: ``imgcls.batch``'s local engine end to end (read, decode, preprocess, ONNX, write + fsync), per variant.
 - model only: ONNX Runtime on the same images already preprocessed, per variant, batch 32.
 
 Rounds alternate the variants, and each ratio is taken within a round (both sides then see the same load on a
@@ -30,7 +30,7 @@ from bench.common import DATA
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier, available_variants, cpu_has_int8_dot
 from imgcls.registry import ModelError, Registry
-from service.batch import Options, find_inputs
+from imgcls.batch import Options, find_inputs
 
 TARGET_INT8_SPEEDUP = 1.6
 FIRST_TRAIN_TARGET_S = 90

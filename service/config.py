@@ -18,7 +18,8 @@ def _env(name: str, default, cast=str):
 class Config:
     model: str  # MODEL: current, a version, or a version folder; only "current" follows promotions
     artifacts: Path  # ARTIFACTS_DIR
-    device: str  # DEVICE: auto | cuda | cpu
+    device: str  # DEVICE: auto | cuda | cpu (cuda where CUDA cannot start is an error at start-up)
+    variant: str  # MODEL_VARIANT: auto | fp32 | int8 | fp16 (auto: fp16 on CUDA, int8 on CPUs with VNNI/AMX)
     ort_threads: int  # ORT_THREADS: ONNX Runtime intra-op threads (0: one per core)
     max_batch_size: int  # MAX_BATCH_SIZE: largest model batch the adaptive batcher forms
     max_latency_ms: int  # MAX_LATENCY_MS: longest a request may wait in the batcher before a 503
@@ -46,6 +47,7 @@ class Config:
             model=_env("MODEL", "current"),
             artifacts=artifacts,
             device=_env("DEVICE", "auto"),
+            variant=_env("MODEL_VARIANT", "auto"),
             ort_threads=_env("ORT_THREADS", 0, int),
             max_batch_size=_env("MAX_BATCH_SIZE", 32, int),
             max_latency_ms=_env("MAX_LATENCY_MS", 10_000, int),

@@ -13,7 +13,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from imgcls.onnx_model import OnnxClassifier
+from imgcls.onnx_model import OnnxClassifier, providers_for
 from imgcls.registry import public_metadata
 from service.config import Config
 from service.errors import ApiError
@@ -26,7 +26,7 @@ CONFIG = Config.from_env()
 
 
 def _answer(model: OnnxClassifier, probs: np.ndarray, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"version": model.version, "name": model.metadata["backbone"], "variant": getattr(model, "variant", "fp32"),
+    return {"version": model.version, "name": model.metadata["backbone"], "variant": model.variant,
             "labels": model.labels, "probs": probs, **(extra or {})}
 
 
@@ -42,6 +42,7 @@ class ModelService:
 
     def __init__(self) -> None:
         configure_json_logging()
+        providers_for(CONFIG.device)  # DEVICE=cuda without a usable CUDA provider stops the start-up here
         self.holder = ModelHolder(CONFIG)
         try:
             self.holder.reload()
@@ -115,7 +116,7 @@ class ModelService:
             return {"error": e.reason, "detail": e.message, "status": e.status}
         meta = public_metadata(model.metadata)
         meta["runtime"] = {"providers": model.providers, "device": model.device,
-                           "variant": getattr(model, "variant", "fp32"), "config": CONFIG.public()}
+                           "variant": model.variant, "config": CONFIG.public()}
         return meta
 
     @bentoml.api

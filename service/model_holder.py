@@ -60,7 +60,7 @@ class ModelHolder:
 
     def load(self, ref: str) -> OnnxClassifier:
         """Load, verify, warm up and check one version; raises on any failure."""
-        model = OnnxClassifier(self.registry.resolve(ref), device=self.config.device,
+        model = OnnxClassifier(self.registry.resolve(ref), device=self.config.device, variant=self.config.variant,
                                threads=self.config.ort_threads or None)
         s = model.preprocess.input_size
         for n in (1, min(8, self.config.max_batch_size)):
@@ -89,8 +89,8 @@ class ModelHolder:
                 raise ApiError(422, "model_refused", self.last_error) from e
             self._model = new  # one reference assignment: each batch uses the old or the new session whole
             if old is not None:
-                MODEL_INFO.labels(version=old.version, device=old.device, variant=_variant(old)).set(0)
-            MODEL_INFO.labels(version=new.version, device=new.device, variant=_variant(new)).set(1)
+                MODEL_INFO.labels(version=old.version, device=old.device, variant=old.variant).set(0)
+            MODEL_INFO.labels(version=new.version, device=new.device, variant=new.variant).set(1)
             self.refused, self.last_error = None, None
             log.info("serving model %s (previous: %s)", new.version, old and old.version)
             return {"version": new.version, "previous": old and old.version, "changed": True}
@@ -101,7 +101,7 @@ class ModelHolder:
         with self._lock:
             if self._model is model:
                 self._model, self.refused, self.last_error = None, model.version, reason
-                MODEL_INFO.labels(version=model.version, device=model.device, variant=_variant(model)).set(0)
+                MODEL_INFO.labels(version=model.version, device=model.device, variant=model.variant).set(0)
                 log.error("withdrew model %s: %s", model.version, reason)
 
     def start_watching(self) -> None:
@@ -120,6 +120,3 @@ class ModelHolder:
             except Exception:  # noqa: BLE001 - the watcher must outlive a bad moment of the registry
                 log.exception("model watcher: reload failed")
 
-
-def _variant(model: OnnxClassifier) -> str:
-    return getattr(model, "variant", "fp32")
