@@ -37,6 +37,7 @@ class Config:
     feedback_max_bytes: int  # FEEDBACK_MAX_BYTES: total size of stored feedback; beyond it 507
     feedback_max_files: int  # FEEDBACK_MAX_FILES: stored feedback images; beyond it 507
     max_pixels_full: int  # MAX_PIXELS_FULL: the pixel limit for formats decoded at full size (PNG, WebP, ...)
+    shutdown_grace_s: float  # SHUTDOWN_GRACE_S: after SIGTERM the model service answers this long (in-flight work)
     stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
     decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
 
@@ -65,6 +66,7 @@ class Config:
             feedback_max_bytes=_env("FEEDBACK_MAX_BYTES", 1 << 30, int),
             feedback_max_files=_env("FEEDBACK_MAX_FILES", 20_000, int),
             max_pixels_full=_env("MAX_PIXELS_FULL", DEFAULT_MAX_PIXELS_FULL, int),
+            shutdown_grace_s=_env("SHUTDOWN_GRACE_S", 5.0, float),
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
         )

@@ -17,6 +17,7 @@ from imgcls.onnx_model import OnnxClassifier, providers_for
 from imgcls.registry import public_metadata
 from service.config import Config
 from service.errors import ApiError
+from service.lifecycle import exit_with_parent, linger_after_sigterm
 from service.logs import configure_json_logging
 from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_ERRORS
 from service.model_holder import ModelHolder, check_outputs
@@ -42,6 +43,8 @@ class ModelService:
 
     def __init__(self) -> None:
         configure_json_logging()
+        exit_with_parent()
+        linger_after_sigterm(CONFIG.shutdown_grace_s)
         providers_for(CONFIG.device)  # DEVICE=cuda without a usable CUDA provider stops the start-up here
         self.holder = ModelHolder(CONFIG)
         try:

@@ -32,6 +32,7 @@ from service.config import Config
 from service.errors import ApiError, JsonErrors, overloaded
 from service.heatmap import overlay_png
 from service.inference import ModelService
+from service.lifecycle import exit_with_parent
 from service.logs import RequestIdAndAccessLog, configure_json_logging
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, HttpMetrics, metrics_endpoint
 from service.uploads import UploadRequests, UploadRoute
@@ -138,6 +139,7 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         configure_json_logging()
+        exit_with_parent()
         self.config = CONFIG
         self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory
         self.feedback_store = FeedbackStore(self.config.feedback_dir, max_bytes=self.config.feedback_max_bytes,
