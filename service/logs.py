@@ -25,6 +25,17 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+class _ClientErrorTracebacks(logging.Filter):
+    """BentoML logs a full traceback when a request's parameters fail validation; that is the client's mistake,
+    answered 400 (and in the access line), so it must not flood the error log: those records go to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def configure_json_logging(level: int = logging.INFO) -> None:
     """JSON on every handler of the root, ``bentoml`` and ``imgcls`` loggers (BentoML sets up its own handlers
     before it imports the service, so this replaces their formatters); idempotent."""
@@ -35,11 +46,14 @@ def configure_json_logging(level: int = logging.INFO) -> None:
         ours.addHandler(logging.StreamHandler())
         ours.propagate = False
     ours.setLevel(level)
+    # Malformed multipart bodies are the client's problem (answered 400 bad_multipart), not warnings of ours.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     for name in ("", "bentoml", "bentoml.serve", "bentoml.access", "imgcls", "uvicorn", "uvicorn.error"):
         for handler in logging.getLogger(name).handlers:
             handler.setFormatter(formatter)
             if not any(isinstance(f, _RequestIdFilter) for f in handler.filters):
                 handler.addFilter(_RequestIdFilter())
+                handler.addFilter(_ClientErrorTracebacks())
 
 
 class RequestIdAndAccessLog:
