@@ -1,7 +1,8 @@
 """Running the frozen part of a backbone once per image and augmented view, with an on-disk cache.
 
 Because the backbone is frozen, its output for a given (image, view) never changes: we compute it once, keyed by
-the file's sha256, the weights and the view, and the head then trains on cached features in milliseconds.
+the file's sha256, the weights, the preprocessing and the view (and for augmented views the augmentation's
+settings), and the head then trains on cached features in milliseconds.
 View 0 is the evaluation preprocessing; views 1..K are augmentations seeded by (file hash, view).
 """
 from __future__ import annotations
@@ -35,10 +36,11 @@ class Features:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[int, Path, str, int]], model: ImageClassifier) -> None:
+    def __init__(self, items: list[tuple[int, Path, str, int]], eval_preset: ClassificationPresetEval,
+                 train_preset: ClassificationPresetTrain) -> None:
         self.items = items
-        self.eval = ClassificationPresetEval(model.preprocess)
-        self.train = ClassificationPresetTrain(model.preprocess)
+        self.eval = eval_preset
+        self.train = train_preset
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,6 +72,10 @@ class FeatureExtractor:
         key = f"{model.weights_id}|{cut}|{pre.input_size}|{pre.resize_size}|{pre.mean}|{pre.std}|v3"
         self.cache = (cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]) if cache_dir else None
         self.cut = cut
+        self.eval_preset = ClassificationPresetEval(pre)
+        self.train_preset = ClassificationPresetTrain(pre)
+        # Augmented views are named by the augmentation's settings too: changing them never reuses stale features.
+        self.augmentation_key = hashlib.sha256(self.train_preset.settings.encode()).hexdigest()[:12]
 
     @torch.inference_mode()
     def _frozen(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +84,8 @@ class FeatureExtractor:
         return out if self.cut == "body" else self.model.pool(self.model.last(out))
 
     def _cache_path(self, digest: str, view: int) -> Path:
-        return self.cache / f"view{view}" / digest[:2] / f"{digest}.npy"
+        folder = f"view{view}-{self.augmentation_key}" if view else "view0"
+        return self.cache / folder / digest[:2] / f"{digest}.npy"
 
     def extract(self, samples: list[Sample], view: int = 0, desc: str = "features") -> Features:
         """Features for ``samples`` at ``view``; unreadable files are skipped with a count and a warning."""
@@ -94,7 +101,7 @@ class FeatureExtractor:
         errors: dict[Path, str] = {}
         if todo:
             self.model.to(memory_format=torch.channels_last)
-            loader = DataLoader(_Images(todo, self.model), batch_size=self.batch_size, collate_fn=_collate,
+            loader = DataLoader(_Images(todo, self.eval_preset, self.train_preset), batch_size=self.batch_size, collate_fn=_collate,
                                 num_workers=min(2, os.cpu_count() or 1))
             with tqdm(total=len(todo), desc=f"{desc} (view {view})", unit="img", leave=False) as bar:
                 for batch in loader:
