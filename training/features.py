@@ -1,7 +1,8 @@
 """Running the frozen part of a backbone once per image and augmented view, with an on-disk cache.
 
 Because the backbone is frozen, its output for a given (image, view) never changes: we compute it once, keyed by
-the file's sha256, the weights and the view, and the head then trains on cached features in milliseconds.
+the file's sha256, the weights, the preprocessing and the view (and for augmented views the augmentation's
+settings), and the head then trains on cached features in milliseconds.
 View 0 is the evaluation preprocessing; views 1..K are augmentations seeded by (file hash, view).
 
 The frozen part runs in ONNX Runtime (several times faster than eager torch on a CPU): it is exported once per
@@ -46,10 +47,11 @@ class Features:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[int, Path, str, int]], model: ImageClassifier) -> None:
+    def __init__(self, items: list[tuple[int, Path, str, int]], eval_preset: ClassificationPresetEval,
+                 train_preset: ClassificationPresetTrain) -> None:
         self.items = items
-        self.eval = ClassificationPresetEval(model.preprocess)
-        self.train = ClassificationPresetTrain(model.preprocess)
+        self.eval = eval_preset
+        self.train = train_preset
 
     def __len__(self) -> int:
         return len(self.items)
@@ -140,6 +142,10 @@ class FeatureExtractor:
         self.cut = cut
         self.frozen_dir = frozen_dir
         self._run = None  # the frozen part's ONNX Runtime session, made on first use
+        self.eval_preset = ClassificationPresetEval(pre)
+        self.train_preset = ClassificationPresetTrain(pre)
+        # Augmented views are named by the augmentation's settings too: changing them never reuses stale features.
+        self.augmentation_key = hashlib.sha256(self.train_preset.settings.encode()).hexdigest()[:12]
 
     def _frozen(self, x: np.ndarray) -> np.ndarray:
         if self.cut == "body" and isinstance(self.model.body, nn.Identity):
@@ -151,7 +157,8 @@ class FeatureExtractor:
         return self._run.run(None, {"input": x})[0]
 
     def _cache_path(self, digest: str, view: int) -> Path:
-        return self.cache / f"view{view}" / digest[:2] / f"{digest}.npy"
+        folder = f"view{view}-{self.augmentation_key}" if view else "view0"
+        return self.cache / folder / digest[:2] / f"{digest}.npy"
 
     def extract(self, samples: list[Sample], view: int = 0, desc: str = "features") -> Features:
         """Features for ``samples`` at ``view``; unreadable files are skipped with a count and a warning."""
@@ -166,7 +173,8 @@ class FeatureExtractor:
                 todo.append((i, path, digest, view))
         errors: dict[Path, str] = {}
         if todo:
-            loader = DataLoader(_Images(todo, self.model), batch_size=self.batch_size, collate_fn=_collate,
+            loader = DataLoader(_Images(todo, self.eval_preset, self.train_preset), batch_size=self.batch_size,
+                                collate_fn=_collate,
                                 num_workers=min(2, os.cpu_count() or 1))
             with tqdm(total=len(todo), desc=f"{desc} (view {view})", unit="img", leave=False) as bar:
                 for batch in loader:

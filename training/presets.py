@@ -21,6 +21,11 @@ class ClassificationPresetTrain:
             T.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter),
         ])
 
+    @property
+    def settings(self) -> str:
+        """Every augmentation parameter, as text (torchvision's repr lists them): names cached augmented views."""
+        return " ".join(repr(self.augment).split())
+
     def __call__(self, img: Image.Image) -> np.ndarray:
         return self.preprocess.normalize(self.augment(img))
 

@@ -1,20 +1,16 @@
-"""The batch job on real photos read in place: the Ray engine on a local Ray against the local engine, and the batch
-benchmark. Everything else about the job is tested fast on the tiny model (tests/fast/test_batch.py)."""
+"""The batch job's slow parts: the Ray engine on a local Ray against the local engine, and the batch benchmark,
+on the tiny model and synthetic images. Everything else about the job is in tests/fast/test_batch.py."""
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA, PY, ROOT, child_env, needs_data
-
-pytestmark = needs_data
-TEST_CATS = sorted((DATA / "test" / "cat").glob("*.jpg"))
-TEST_DOGS = sorted((DATA / "test" / "dog").glob("*.jpg"))
+from tests import synthetic
+from tests.conftest import PY, ROOT, child_env
 
 
 def batch_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -33,26 +29,24 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def make_bad_files(folder: Path) -> tuple[Path, Path]:
-    """A text file named .jpg and a real JPEG cut to 60% of its bytes."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = folder / "notes-not-a-photo.jpg"
-    text.write_text("this is not an image\n")
-    data = TEST_DOGS[0].read_bytes()
-    truncated = folder / "truncated.jpg"
-    truncated.write_bytes(data[: len(data) * 6 // 10])
-    return text, truncated
+def write_pictures(folder: Path, per_class: int, flat: bool = False) -> None:
+    for label in synthetic.CLASSES:
+        target = folder if flat else folder / label
+        target.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (target / f"{label}.{i}.jpg").write_bytes(synthetic.image_bytes(label, 80_000 + i, size=(320, 240)))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed: pip install '.[ray]'")
-def test_ray_engine_matches_local_engine_and_resumes(trained, tmp_path):
+def test_ray_engine_matches_local_engine_and_resumes(tiny_registry, tmp_path):
     photos = tmp_path / "photos"
-    for src in TEST_CATS[20:32] + TEST_DOGS[20:32]:
-        (photos / src.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, photos / src.parent.name / src.name)
-    make_bad_files(photos / "bad")
+    write_pictures(photos, 8)
+    (photos / "bad").mkdir()
+    (photos / "bad" / "notes-not-a-photo.jpg").write_text("this is not an image\n")
+    data = (photos / "red" / "red.0.jpg").read_bytes()
+    (photos / "bad" / "truncated.jpg").write_bytes(data[: len(data) * 6 // 10])
     local_out, ray_out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
-    common = ["--input", str(photos), "--artifacts", str(trained), "--batch-size", "8"]
+    common = ["--input", str(photos), "--artifacts", str(tiny_registry), "--batch-size", "8"]
     run_ok(*common, "--output", str(local_out))
 
     # resumability: the first 10 rows are already there and must not be redone
@@ -71,18 +65,17 @@ def test_ray_engine_matches_local_engine_and_resumes(trained, tmp_path):
     assert sum(r["error"] is not None for r in ray_rows.values()) == 2
 
 
-def test_bench_reports_job_and_model_only_throughput(trained, tmp_path):
+def test_bench_reports_job_and_model_only_throughput(tiny_registry, tmp_path):
     photos = tmp_path / "photos"
-    photos.mkdir()
-    for src in TEST_CATS[40:60] + TEST_DOGS[40:60]:
-        shutil.copy(src, photos / src.name)
+    write_pictures(photos, 14, flat=True)
     figures = tmp_path / "bench.json"
-    proc = subprocess.run([PY, "-m", "bench.bench_batch", "--artifacts", str(trained), "--data", str(photos),
+    proc = subprocess.run([PY, "-m", "bench.bench_batch", "--artifacts", str(tiny_registry), "--data", str(photos),
                            "--rounds", "1", "--batch-size", "8", "--json", str(figures)],
                           cwd=ROOT, capture_output=True, text=True, env=child_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(figures.read_text())
-    assert r["images"] == 40 and r["batch_size"] == 8
+    assert r["images"] == 42 and r["batch_size"] == 8
     assert r["job_images_per_s"] > 0 and r["model_only_images_per_s"] > 0
-    assert r["ratio"] == pytest.approx(r["job_images_per_s"] / r["model_only_images_per_s"], rel=0.01)
+    # the figures are rounded to 3 decimals
+    assert r["ratio"] == pytest.approx(r["job_images_per_s"] / r["model_only_images_per_s"], rel=0.01, abs=1e-3)
     assert f"ratio job / model-only: {r['ratio']:.3f}" in proc.stdout

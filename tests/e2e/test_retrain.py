@@ -21,7 +21,6 @@ import pytest
 
 from imgcls.registry import Registry
 from tests.conftest import DATA, PY, ROOT, child_env, needs_data, run_cli, serve
-from training.retrain import decide
 
 CLASSES = ("cat", "dog")
 N_TRAIN, N_VAL, N_TEST, N_NEW, BASE_EPOCHS = 10, 10, 100, 60, 3
@@ -66,18 +65,6 @@ def retrain_report(art: Path) -> dict:
     (folder,) = (art / "retrain").iterdir()
     assert (folder / "report.md").is_file()
     return json.loads((folder / "report.json").read_text())
-
-
-def test_decision_rule_accuracy_first_then_log_loss() -> None:
-    base = {"accuracy": 0.90, "log_loss": 0.30}
-    assert decide(base, {"accuracy": 0.95, "log_loss": 0.50}).promote  # better accuracy wins despite log-loss
-    assert not decide(base, {"accuracy": 0.85, "log_loss": 0.01}).promote
-    assert decide(base, {"accuracy": 0.90, "log_loss": 0.30}).promote  # a tie is "at least as good"
-    assert not decide(base, {"accuracy": 0.90, "log_loss": 0.31}).promote
-    assert not decide(base, {"accuracy": 0.94, "log_loss": 0.10}, min_gain=0.05).promote
-    assert decide(base, {"accuracy": 0.95, "log_loss": 0.10}, min_gain=0.05).promote  # 0.90 + 0.05 in floats
-    assert not decide(base, {"accuracy": 0.90, "log_loss": 0.10}, min_gain=0.01).promote
-    assert "log-loss" in decide(base, {"accuracy": 0.90, "log_loss": 0.31}).reason
 
 
 @needs_data

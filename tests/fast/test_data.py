@@ -96,3 +96,36 @@ def test_oxford_pet_parsing_from_a_fake_root(tmp_path: Path) -> None:
 def test_oxford_pet_without_data_or_network_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="Oxford-IIIT Pet is not available"):
         create_dataset(f"oxford-pet:{tmp_path}", download=False)
+
+
+def test_a_folder_with_only_a_test_split_is_evaluation_data(tmp_path: Path) -> None:
+    for c in ("cat", "dog"):
+        write_images(tmp_path / "test" / c, [f"{c}{i}.png" for i in range(4)])
+    ds = create_dataset(tmp_path)
+    assert ds.layout == "split-folders" and ds.classes == ["cat", "dog"]
+    assert ds.counts() == {"test": {"cat": 4, "dog": 4}, "train": {}, "val": {}}
+    assert len(ds.select("all")) == len(ds.select("test")) == 8 and ds.select("train") == []
+
+
+def test_select_all_holds_every_file_once_in_every_layout(tmp_path: Path) -> None:
+    write_images(tmp_path / "classes" / "a", [f"a{i}.png" for i in range(10)])
+    write_images(tmp_path / "classes" / "b", [f"b{i}.png" for i in range(10)])
+    write_images(tmp_path / "flat", [f"{c}.{i}.jpg" for c in ("cat", "dog") for i in range(10)])
+    for c in ("a", "b"):
+        write_images(tmp_path / "splits" / "train" / c, [f"{c}{i}.png" for i in range(10)])
+    for folder in ("classes", "flat", "splits"):
+        ds = create_dataset(tmp_path / folder)
+        everything = ds.select("all")
+        assert len(everything) == len({p for p, _ in everything}) == 20, folder
+        assert sum(len(ds.select(s)) for s in ("train", "val", "test")) == 20, folder
+
+
+def test_image_suffixes_are_one_list_shared_with_batch_jobs(tmp_path: Path) -> None:
+    from imgcls.batch import find_inputs
+
+    for name in ("a.jpg", "b.JPEG", "c.jfif", "d.webp", "e.tiff", "notes.txt", "f.jpe"):
+        (tmp_path / "x").mkdir(exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "x" / name, "PNG")
+    data = {p.name for p, _ in create_dataset(tmp_path).select("all")}
+    batch = {Path(p).name for p in find_inputs(str(tmp_path))}
+    assert data == batch == {"a.jpg", "b.JPEG", "c.jfif", "d.webp", "e.tiff", "f.jpe"}

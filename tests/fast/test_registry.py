@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.registry import ModelError, Registry, verify
+from imgcls.registry import ModelError, Registry, public_metadata, verify
 from tests.tiny_model import add_tiny_version
 
 
@@ -90,3 +90,26 @@ def test_readers_never_see_a_torn_pointer(tmp_path: Path) -> None:
     stop.set()
     reader.join()
     assert seen <= {"v1", "v2"}
+
+
+def test_public_metadata_drops_history_and_misclassified_without_changing_the_original() -> None:
+    meta = {"version": "v1", "history": [{"epoch": 1}], "labels": ["a", "b"],
+            "metrics": {"test": {"accuracy": 0.5, "misclassified": [{"path": "x"}]}, "val": {"accuracy": 0.6}}}
+    public = public_metadata(meta)
+    assert public == {"version": "v1", "labels": ["a", "b"], "metrics": {"test": {"accuracy": 0.5},
+                                                                        "val": {"accuracy": 0.6}}}
+    assert meta["history"] and meta["metrics"]["test"]["misclassified"]  # the caller's copy is untouched
+
+
+def test_a_missing_file_fails_verification_and_promotion(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    v = add_version(reg, "v1")
+    (staging := reg.staging_dir()).joinpath("model.onnx").write_bytes(b"x")
+    extra = reg.add(staging, {"version": "v2", "labels": ["a"]})
+    folder = reg.resolve(extra)
+    folder.joinpath("model.onnx").unlink()
+    with pytest.raises(ModelError, match="model.onnx is missing"):
+        verify(folder)
+    with pytest.raises(ModelError, match="missing"):
+        reg.promote(extra)
+    assert reg.current() is None and reg.promote(v) == "v1"
