@@ -7,13 +7,15 @@ Decoding cost is bounded before any pixel is decoded: the header's size is check
 JPEGs (decoded at reduced scale) and a lower ``max_pixels_full`` for every other format, which Pillow can only
 decode at full size (a 1.9 kB lossless WebP of 7000x7000 takes 2 s and 200 MB to decode). Multi-frame files
 (GIF, WebP, TIFF, APNG) are read for their first frame only. Pillow's and libtiff's complaints about malformed
-input are logged at debug level: they describe the caller's bytes, not a fault of the service.
+input are logged at debug level: they describe the caller's bytes, not a fault of the service. Buffers of large
+images go back to the OS when freed (see ``_return_large_buffers_to_the_os``).
 """
 from __future__ import annotations
 
 import ctypes
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -129,5 +131,22 @@ def _silence_libtiff() -> None:
         log.debug("could not silence libtiff: %s", e)
 
 
+def _return_large_buffers_to_the_os() -> None:
+    """Make glibc serve every allocation over 4 MB with its own mmap, returned to the OS when freed.
+
+    By default glibc raises its mmap threshold to the size of the largest block freed so far (up to 32 MB), so
+    after one large image, the next ones' buffers (Pillow allocates images in 16 MB blocks) come from the heap
+    and per-thread arenas, which keep the memory: the server's RSS stepped up after large images and stayed up.
+    Measured here: 3 threads decoding 15 MP PNGs left +75 MB resident; with this, +3 MB. Skipped where the
+    operator set ``MALLOC_MMAP_THRESHOLD_`` or the C library is not glibc."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # -3: M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError) as e:
+        log.debug("could not set the mmap threshold: %s", e)
+
+
 _log_pil_warnings()
 _silence_libtiff()
+_return_large_buffers_to_the_os()
