@@ -49,6 +49,19 @@ def decode_image(
     ``max_pixels``: the most pixels a JPEG may have; ``max_pixels_full``: the most for any other format
     (the smaller of the two applies), checked from the header before decoding.
     """
+    return finish_decode(open_image(data, draft_size=draft_size, max_pixels=max_pixels,
+                                    max_pixels_full=max_pixels_full))
+
+
+def open_image(
+    data: bytes | str | Path, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels_full: int = DEFAULT_MAX_PIXELS_FULL,
+) -> Image.Image:
+    """Read only the header of ``data`` and check it (arguments as :func:`decode_image`); nothing is decoded yet.
+
+    The returned image's ``size`` is what decoding will produce (JPEGs already set to reduced scale), so
+    ``width * height`` is the cost of :func:`finish_decode`: a caller can route costly images to a slower lane.
+    """
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if not data:
@@ -74,6 +87,14 @@ def decode_image(
     try:
         if draft_size and jpeg and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (draft_size, draft_size))
+    except Exception as e:
+        raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e
+    return img
+
+
+def finish_decode(img: Image.Image) -> Image.Image:
+    """Decode an image from :func:`open_image` to RGB (EXIF orientation applied), or raise :class:`ImageError`."""
+    try:
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to rotate
         return to_rgb(img)

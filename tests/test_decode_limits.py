@@ -128,3 +128,14 @@ print(rss() - before)
     assert proc.returncode == 0, proc.stderr
     # Measured here: +74 MB with glibc's default (dynamic) mmap threshold, +3 MB with the fixed one.
     assert float(proc.stdout) < 30, f"{float(proc.stdout):.0f} MB still resident after the large images"
+
+
+def test_open_image_tells_the_decoding_cost_before_decoding() -> None:
+    from imgcls.images import finish_decode, open_image
+
+    jpeg = encode(Image.new("RGB", (4000, 3000)), "JPEG")
+    img = open_image(jpeg, draft_size=256)
+    assert img.size == (500, 375)  # JPEG: reduced scale chosen from the header, before any pixel is decoded
+    assert finish_decode(img).size == (500, 375)
+    webp = encode(Image.new("RGB", (3000, 2000)), "WEBP", lossless=True)
+    assert open_image(webp, draft_size=256).size == (3000, 2000)  # full decode: the full cost
