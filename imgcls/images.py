@@ -7,13 +7,15 @@ Decoding cost is bounded before any pixel is decoded: the header's size is check
 JPEGs (decoded at reduced scale) and a lower ``max_pixels_full`` for every other format, which Pillow can only
 decode at full size (a 1.9 kB lossless WebP of 7000x7000 takes 2 s and 200 MB to decode). Multi-frame files
 (GIF, WebP, TIFF, APNG) are read for their first frame only. Pillow's and libtiff's complaints about malformed
-input are logged at debug level: they describe the caller's bytes, not a fault of the service.
+input are logged at debug level: they describe the caller's bytes, not a fault of the service. Buffers of large
+images go back to the OS when freed (see ``_return_large_buffers_to_the_os``).
 """
 from __future__ import annotations
 
 import ctypes
 import io
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -49,6 +51,19 @@ def decode_image(
     ``max_pixels``: the most pixels a JPEG may have; ``max_pixels_full``: the most for any other format
     (the smaller of the two applies), checked from the header before decoding.
     """
+    return finish_decode(open_image(data, draft_size=draft_size, max_pixels=max_pixels,
+                                    max_pixels_full=max_pixels_full))
+
+
+def open_image(
+    data: bytes | str | Path, *, draft_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels_full: int = DEFAULT_MAX_PIXELS_FULL,
+) -> Image.Image:
+    """Read only the header of ``data`` and check it (arguments as :func:`decode_image`); nothing is decoded yet.
+
+    The returned image's ``size`` is what decoding will produce (JPEGs already set to reduced scale), so
+    ``width * height`` is the cost of :func:`finish_decode`: a caller can route costly images to a slower lane.
+    """
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if not data:
@@ -74,6 +89,14 @@ def decode_image(
     try:
         if draft_size and jpeg and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (draft_size, draft_size))
+    except Exception as e:
+        raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e
+    return img
+
+
+def finish_decode(img: Image.Image) -> Image.Image:
+    """Decode an image from :func:`open_image` to RGB (EXIF orientation applied), or raise :class:`ImageError`."""
+    try:
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to rotate
         return to_rgb(img)
@@ -131,5 +154,22 @@ def _silence_libtiff() -> None:
         log.debug("could not silence libtiff: %s", e)
 
 
+def _return_large_buffers_to_the_os() -> None:
+    """Make glibc serve every allocation over 4 MB with its own mmap, returned to the OS when freed.
+
+    By default glibc raises its mmap threshold to the size of the largest block freed so far (up to 32 MB), so
+    after one large image, the next ones' buffers (Pillow allocates images in 16 MB blocks) come from the heap
+    and per-thread arenas, which keep the memory: the server's RSS stepped up after large images and stayed up.
+    Measured here: 3 threads decoding 15 MP PNGs left +75 MB resident; with this, +3 MB. Skipped where the
+    operator set ``MALLOC_MMAP_THRESHOLD_`` or the C library is not glibc."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 4 << 20)  # -3: M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError) as e:
+        log.debug("could not set the mmap threshold: %s", e)
+
+
 _log_pil_warnings()
 _silence_libtiff()
+_return_large_buffers_to_the_os()
