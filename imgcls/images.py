@@ -138,6 +138,15 @@ def _log_pil_warnings() -> None:
     warnings.showwarning = show
 
 
+class _AsDebug(logging.Filter):
+    """Pillow's TIFF reader logs one complaint about malformed files at ERROR ("More samples per pixel than can
+    be decoded") before raising; it describes the caller's bytes, so it is demoted to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def _silence_libtiff() -> None:
     """libtiff prints its warnings and errors about malformed files straight to stderr (C code, not Python
     warnings); Pillow turns the errors that matter into exceptions, which callers report. Drop libtiff's output."""
@@ -171,5 +180,6 @@ def _return_large_buffers_to_the_os() -> None:
 
 
 _log_pil_warnings()
+logging.getLogger("PIL.TiffImagePlugin").addFilter(_AsDebug())
 _silence_libtiff()
 _return_large_buffers_to_the_os()
