@@ -25,7 +25,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from imgcls.feedback import FeedbackRefused, FeedbackStore, RateLimiter
-from imgcls.images import ImageError, decode_image
+from imgcls.images import ImageError, finish_decode, open_image
 from imgcls.preprocess import Preprocess
 from service.auth import bearer_matches
 from service.config import Config
@@ -41,6 +41,7 @@ CONFIG = Config.from_env()
 STATIC = Path(__file__).parent / "static"
 ImageFile = Path  # any file: decode_image decides what is an image, and answers 415/422 with the reason
 PngFile = Annotated[Path, ContentType("image/png")]
+COSTLY_PIXELS = 4_000_000  # decoding more than this takes tens of ms or more: such images share one slow lane
 
 
 class Probability(BaseModel):
@@ -142,6 +143,7 @@ class ImageClassifier:
         exit_with_parent()
         self.config = CONFIG
         self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory
+        self.slow_lane = anyio.Semaphore(1)  # images that cost over COSTLY_PIXELS to decode, one at a time
         self.feedback_store = FeedbackStore(self.config.feedback_dir, max_bytes=self.config.feedback_max_bytes,
                                             max_files=self.config.feedback_max_files,
                                             max_pixels=self.config.max_pixels_full)
@@ -280,20 +282,29 @@ class ImageClassifier:
         return answer
 
     async def _decode(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
-        """Decode and centre-crop at the served model's size: (decoded image, uint8 HWC crop)."""
+        """Decode and centre-crop at the served model's size: (decoded image, uint8 HWC crop).
+
+        The header is read first: an image that costs more than ``COSTLY_PIXELS`` to decode (JPEGs count at
+        their reduced decoding scale) waits for the one-slot slow lane, so a client looping large PNGs or WebPs
+        cannot make every other request queue behind its decodes."""
         if self._sizes is None:
             await self._describe()
         resize, size = self._sizes
         preprocess = Preprocess(input_size=size, resize_size=resize)
+        img = open_image(data, draft_size=resize, max_pixels=self.config.max_pixels,
+                         max_pixels_full=self.config.max_pixels_full)
+        costly = img.size[0] * img.size[1] > COSTLY_PIXELS
 
         def work() -> tuple[Image.Image, np.ndarray]:
             start = time.perf_counter()
-            img = decode_image(data, draft_size=resize, max_pixels=self.config.max_pixels,
-                               max_pixels_full=self.config.max_pixels_full)
-            crop = np.asarray(preprocess.resize_crop(img))
+            decoded = finish_decode(img)
+            crop = np.asarray(preprocess.resize_crop(decoded))
             DECODE_SECONDS.observe(time.perf_counter() - start)
-            return img, crop
+            return decoded, crop
 
+        if costly:
+            async with self.slow_lane:
+                return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
     async def _classify(self, data: bytes, k: int | None) -> Classification:
