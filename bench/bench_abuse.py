@@ -20,7 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import DATA, free_port, pct, server
+from bench.common import DATA, pct
+from imgcls.live_server import free_port, server_process as server
 from bench.soak import find_server_pid, tree_rss_mb
 from imgcls.images import DEFAULT_MAX_PIXELS_FULL
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import DATA, free_port, pct, server
+from bench.common import DATA, pct
+from imgcls.live_server import free_port, server_process as server
 from bench.fuzz import _picture, _save, bombs, mutate, seed_images
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
