@@ -170,9 +170,10 @@ def fit_detector(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray
         arrays |= fit_imagenet(train_emb, *imagenet_head)
     detector = NoveltyDetector(scores, {s: 1.0 for s in scores}, 1.0, arrays)
     raw = detector.raw_scores(val_emb)
-    # Each score in units of its own threshold on val, so that the largest of them is a fair combination.
-    detector.scales = {s: max(float(np.quantile(raw[s], cfg.accept)), 1e-12) for s in scores}
-    detector.threshold = max(float(np.quantile(detector.novelty(val_emb), cfg.accept)), 1e-12)
+    # Each score in units of its own threshold on val, so that the largest of them is a fair combination; "higher":
+    # a threshold is a real val score, so at least `accept` of val is accepted even when val is tiny.
+    detector.scales = {s: max(float(np.quantile(raw[s], cfg.accept, method="higher")), 1e-12) for s in scores}
+    detector.threshold = max(float(np.quantile(detector.novelty(val_emb), cfg.accept, method="higher")), 1e-12)
     val_novelty = detector.novelty(val_emb)
     info = {
         "file": NOVELTY_FILE,
