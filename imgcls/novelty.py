@@ -7,7 +7,8 @@ last feature map (the mean over the ONNX ``features`` output's spatial axes), so
 - ``density``: the smallest Mahalanobis distance to a class mean (class-conditional Gaussians with one shared,
   shrunk covariance) of the L2-normalised embedding, which works for any classes and any backbone;
 - ``imagenet``: ``-log`` of the probability mass the backbone's own ImageNet classifier puts on the ImageNet classes
-  that the training photos themselves activate (only for backbones that have that classifier).
+  that the training photos themselves activate, each class weighted by how much they do (only for backbones that
+  have that classifier).
 
 Each score is divided by its own scale (its quantile at the target acceptance on the validation split), the
 novelty is the largest of them divided by the calibrated threshold, so ``novelty <= 1`` means known.
@@ -42,12 +43,12 @@ def density_score(emb: np.ndarray, means: np.ndarray, precision: np.ndarray) -> 
 
 
 def imagenet_score(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """``-log`` of the ImageNet-softmax mass on the ``known`` ImageNet classes (a boolean mask over them)."""
+    """``-log`` of the ImageNet-softmax mass weighted by ``known`` (per ImageNet class, in [0, 1]: how much the
+    training photos activate it)."""
     logits = emb @ weight.T + bias
     logits -= logits.max(axis=1, keepdims=True)
-    log_total = np.log(np.exp(logits).sum(1))
-    log_known = np.log(np.maximum(np.exp(logits[:, known]).sum(1), 1e-300))
-    return np.maximum(log_total - log_known, 0.0)
+    p = np.exp(logits)
+    return np.maximum(-np.log(np.maximum((p @ known) / p.sum(1), 1e-300)), 0.0)
 
 
 @dataclass
