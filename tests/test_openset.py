@@ -146,3 +146,17 @@ def test_every_version_has_a_detector_and_answers_say_known_and_novelty(tmp_path
     lines = [json.loads(line) for line in rows.read_text().splitlines()]
     assert len(lines) == 10 and all(isinstance(r["known"], bool) and r["novelty"] >= 0 for r in lines)
     assert [not r["known"] for r in lines].count(True) == round(test["open_set"]["flagged_out"] * 10)
+
+
+def test_retrain_refuses_a_candidate_whose_open_set_rejection_drops_more_than_allowed() -> None:
+    from training.retrain import Decision, open_set_gate
+
+    better = Decision(True, "candidate accuracy 0.9950 >= base 0.9900 + min-gain 0.0000")
+    base = {"open_set": {"flagged_out": 0.99}}
+    refused = open_set_gate(better, base, {"open_set": {"flagged_out": 0.975}}, max_drop=0.01)
+    assert not refused.promote and "open-set rejection fell" in refused.reason and "97.50%" in refused.reason
+    kept = open_set_gate(better, base, {"open_set": {"flagged_out": 0.982}}, max_drop=0.01)
+    assert kept.promote and "98.20%" in kept.reason
+    assert open_set_gate(better, {}, {"open_set": {"flagged_out": 0.5}}, max_drop=0.01).promote  # base flags none
+    worse = Decision(False, "candidate accuracy lower")
+    assert not open_set_gate(worse, base, {"open_set": {"flagged_out": 1.0}}, max_drop=0.01).promote

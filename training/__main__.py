@@ -109,7 +109,9 @@ def cmd_show(args: argparse.Namespace, registry: Registry) -> int:
     if not args.full:
         meta.pop("history", None)
         for split in meta.get("metrics", {}).values():
-            split.pop("misclassified", None)
+            for key in ("misclassified", "reliability", "reliability_uncalibrated"):
+                split.pop(key, None)
+            (split.get("open_set") or {}).pop("novelty", None)
     print(json.dumps(meta, indent=2))
     return 0
 
