@@ -163,6 +163,8 @@ def fit_detector(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray
     if "imagenet" in scores:
         assert imagenet_head is not None
         arrays |= fit_imagenet(train_emb, *imagenet_head)
+    # Rounded as novelty.npz stores them (float32), so the threshold is calibrated on exactly what is served.
+    arrays = {k: v.astype(np.float32).astype(np.float64) if v.dtype.kind == "f" else v for k, v in arrays.items()}
     detector = NoveltyDetector(scores, {s: 1.0 for s in scores}, 1.0, arrays)
     raw = detector.raw_scores(val_emb)
     # Each score in units of its own threshold on val, so that the largest of them is a fair combination; "higher":
@@ -189,8 +191,10 @@ def fit_detector(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray
 
 
 def save_detector(detector: NoveltyDetector, folder: Path) -> None:
+    """``novelty.npz``, floats stored as float32 (half the size; the scores are computed in float64 on load)."""
+    arrays = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in detector.arrays.items()}
     with open(folder / NOVELTY_FILE, "wb") as f:
-        np.savez(f, **detector.arrays)
+        np.savez(f, **arrays)
 
 
 # -- open-set figures ---------------------------------------------------------------------------------------------
