@@ -31,8 +31,10 @@ def relabel(src: Path, dst: Path) -> Path:
     ours that is no ImageNet concept: the parity of the file name's sha256 (``even``/``odd``)."""
     for path in sorted(src.glob("*/*/*")):
         if path.is_file() and path.parts[-3] in ("train", "val", "test"):
-            parity = "odd" if int(hashlib.sha256(path.name.encode()).hexdigest(), 16) % 2 else "even"
-            link = dst / path.parts[-3] / parity / f"{path.parts[-2]}-{path.name}"
+            digest = hashlib.sha256(path.name.encode()).hexdigest()
+            parity = "odd" if int(digest, 16) % 2 else "even"
+            # Named by the hash first, so that --limit-per-class (the first files by name) mixes cats and dogs.
+            link = dst / path.parts[-3] / parity / f"{digest[:12]}-{path.parts[-2]}-{path.name}"
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 link.symlink_to(path.resolve())
