@@ -101,16 +101,23 @@ def batch_rows(model: OnnxClassifier, paths: list[str], ok: list[int], array: np
     """One row per path of one batch, in order: ``array`` holds the decoded ones (``ok``, indices into ``paths``)."""
     rows: list[dict[str, Any]] = [{}] * len(paths)
     if array is not None:
-        for i, probs in zip(ok, model.predict(array)):
-            rows[i] = prediction_row(paths[i], probs, model.labels, model.version)
+        out = model.classify(array)
+        novelty = out.novelty if out.novelty is not None else [None] * len(ok)
+        for i, probs, nov in zip(ok, out.probabilities, novelty):
+            rows[i] = prediction_row(paths[i], probs, model.labels, model.version, nov)
     for i, failure in failures.items():
         rows[i] = error_row(paths[i], failure, model.version)
     return rows
 
 
-def prediction_row(path: str, probs: np.ndarray, labels: list[str], version: str) -> dict[str, Any]:
+def prediction_row(path: str, probs: np.ndarray, labels: list[str], version: str,
+                   novelty: float | None = None) -> dict[str, Any]:
+    """``known`` is false (``novelty`` > 1) for an image unlike the model's training data; both are None for a
+    model version without an open-set detector."""
     top = int(np.argmax(probs))
     return {"path": path, "label": labels[top], "score": float(probs[top]),
+            "known": None if novelty is None else bool(novelty <= 1.0),
+            "novelty": None if novelty is None else float(novelty),
             "probabilities": {label: float(p) for label, p in zip(labels, probs)},
             "model_version": version, "error": None, "detail": None}
 

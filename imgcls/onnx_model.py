@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgcls.cam import class_activation_map
+from imgcls.novelty import NoveltyDetector, embed
 from imgcls.preprocess import Preprocess
 from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, default_root, verify
 
@@ -113,6 +115,16 @@ def choose_variant(requested: str, available: list[str], on_cuda: bool, int8_cpu
     return requested
 
 
+@dataclass
+class Classified:
+    """A batch's answers: ``novelty`` > 1 (``known`` false) means unlike the training data; both are None for a
+    model version fitted before the open-set detector existed."""
+
+    probabilities: np.ndarray  # (N, classes), calibrated
+    novelty: np.ndarray | None  # (N,) float
+    known: np.ndarray | None  # (N,) bool
+
+
 class OnnxClassifier:
     """Loads ``model_dir`` (verifying its sha256s) and classifies preprocessed NCHW float32 batches."""
 
@@ -159,6 +171,8 @@ class OnnxClassifier:
         self.has_features = "features" in outputs
         head = self.model_dir / HEAD_FILE
         self.head = dict(np.load(head)) if head.is_file() else None
+        novelty = self.metadata.get("novelty")
+        self.detector = NoveltyDetector.load(self.model_dir, novelty) if novelty and self.has_features else None
 
     @property
     def device(self) -> str:
@@ -175,6 +189,14 @@ class OnnxClassifier:
             raise ValueError(f"model {self.version} exports no feature map")
         probs, fmap = self.session.run(["probabilities", "features"], {self.input_name: batch})
         return probs, fmap
+
+    def classify(self, batch: np.ndarray) -> Classified:
+        """Probabilities with each image's ``novelty`` and ``known`` (see :class:`Classified`)."""
+        if self.detector is None:
+            return Classified(self.predict(batch), None, None)
+        probs, fmap = self.predict_with_features(batch)
+        novelty = self.detector.novelty(embed(fmap))
+        return Classified(probs, novelty, novelty <= 1.0)
 
     def class_activation_map(self, fmap: np.ndarray, class_index: int) -> np.ndarray:
         """CAM for one image's feature map (K, h, w): the head's class weights over channels, scaled to [0, 1]."""

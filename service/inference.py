@@ -13,6 +13,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from imgcls.novelty import embed
 from imgcls.onnx_model import OnnxClassifier, providers_for
 from imgcls.registry import public_metadata
 from service.config import Config
@@ -77,7 +78,8 @@ class ModelService:
             model.preprocess.normalize(crops[i], batch[j])
         start = time.perf_counter()
         try:
-            probs = model.predict(batch)
+            answer = model.classify(batch)  # calibrated probabilities, and novelty where the version has a detector
+            probs = answer.probabilities
             check_outputs(model, probs)
         except Exception as e:  # noqa: BLE001 - a failing model must not answer, nor keep serving
             MODEL_ERRORS.labels(version=model.version).inc()
@@ -87,7 +89,8 @@ class ModelService:
         INFERENCE_SECONDS.observe(time.perf_counter() - start)
         BATCH_SIZE.observe(len(index))
         for j, i in enumerate(index):
-            out[i] = _answer(model, probs[j])
+            out[i] = _answer(model, probs[j], None if answer.novelty is None else
+                             {"novelty": float(answer.novelty[j]), "known": bool(answer.known[j])})
         return out
 
     @bentoml.api
@@ -103,12 +106,15 @@ class ModelService:
             size = model.preprocess.input_size
             if crop.shape != (size, size, 3):
                 return {"error": "stale_input", "input_size": size, "resize_size": model.preprocess.resize_size}
-            probs, fmap = model.predict_with_features(model.preprocess.normalize(crop)[None])
+            x = model.preprocess.normalize(crop)[None]
+            probs, fmap = model.predict_with_features(x)
             check_outputs(model, probs)
+            novelty = None if model.detector is None else float(model.detector.novelty(embed(fmap))[0])
         except ApiError as e:
             return {"error": e.reason, "detail": e.message, "status": e.status}
         index = model.labels.index(label) if label else int(probs[0].argmax())
-        return _answer(model, probs[0], {"index": index, "cam": model.class_activation_map(fmap[0], index)})
+        extra = {} if novelty is None else {"novelty": novelty, "known": novelty <= 1.0}
+        return _answer(model, probs[0], {"index": index, "cam": model.class_activation_map(fmap[0], index), **extra})
 
     @bentoml.api
     def describe(self) -> dict[str, Any]:

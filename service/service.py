@@ -204,9 +204,12 @@ class ImageClassifier:
         index, probs, cam = answer["index"], np.asarray(answer["probs"]), np.asarray(answer["cam"])
         name = answer["labels"][index]
         headers = {"x-model-version": answer["version"], "x-label": name, "x-score": f"{float(probs[index]):.6f}"}
+        if answer.get("known") is not None:
+            headers["x-known"] = str(answer["known"]).lower()
         ctx.response.headers.update(headers)
         if format == "json":
-            return JSONResponse({"label": name, "score": float(probs[index]), "cam": np.round(cam, 5).tolist(),
+            return JSONResponse({"label": name, "score": float(probs[index]), "known": answer.get("known"),
+                                 "novelty": answer.get("novelty"), "cam": np.round(cam, 5).tolist(),
                                  "shape": list(cam.shape), "model": _model_ref(answer).model_dump()}, headers=headers)
         png = overlay_png(Image.fromarray(crop), cam)
         return Response(png, media_type="image/png", headers=headers)

@@ -32,11 +32,14 @@ def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
         print(f"current model: {registry.current()} (not training; drop --if-no-current to train another)")
         return 0
     from training.fit import FitConfig
+    from training.openset import OpenSetConfig
     from training.train import TrainConfig, train
 
     cfg = TrainConfig(args.backbone, args.weights, args.random_init, args.unfreeze_last_block, args.aug_views,
-                      fit=FitConfig(epochs=args.epochs, lr=args.lr, seed=args.seed))
-    version, meta = train(_dataset(args), cfg, registry, cache_dir=registry.root / "cache" / "features")
+                      fit=FitConfig(epochs=args.epochs, lr=args.lr, seed=args.seed),
+                      open_set=OpenSetConfig(args.novelty_accept, args.novelty_scores))
+    version, meta = train(_dataset(args), cfg, registry, cache_dir=registry.root / "cache" / "features",
+                          ood=args.ood)
     promote = args.promote if args.promote is not None else registry.current() is None
     if promote:
         registry.promote(version, reason="train")
@@ -44,8 +47,22 @@ def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
     print(f"{version}: test accuracy {test['accuracy']:.4f}, log-loss {test['log_loss']:.4f}, "
           f"roc-auc {test['roc_auc']}, {test['n']} images; {meta['timings']['total_s']:.0f} s"
           f"{'; promoted to current' if promote else ''}")
+    _print_open_set(test)
     print(f"report: {registry.resolve(version) / 'report' / 'report.md'}")
     return 0
+
+
+def _print_open_set(result: dict) -> None:
+    if "ece_uncalibrated" in result:
+        print(f"expected calibration error: {result['ece_uncalibrated']:.4f} before temperature scaling, "
+              f"{result['ece']:.4f} after")
+    o = result.get("open_set")
+    if o:
+        line = f"open set: {o['flagged_in']:.2%} of these {o['n_in']} images flagged unknown"
+        if o["n_out"]:
+            line += (f"; {o['flagged_out']:.2%} of {o['n_out']} images in {o['ood']} flagged, AUROC {o['auroc']:.4f}, "
+                     f"FPR at 95% TPR {o['fpr_at_95_tpr']:.4f}")
+        print(line)
 
 
 def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
@@ -57,8 +74,12 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
     if not samples:
         raise DataError(f"no images to evaluate: the {args.split} split of {ds.root} ({ds.layout}) is empty"
                         + ("" if args.split == "all" else "; --split all scores every image"))
-    result = evaluate_onnx(model_dir, samples, ds.classes, device=args.device, variant=args.variant)
+    result = evaluate_onnx(model_dir, samples, ds.classes, device=args.device, variant=args.variant, ood=args.ood)
     result["split"], result["data"] = args.split, ds.root
+    if args.report:
+        from training.openset_report import write_evaluation_report
+
+        write_evaluation_report(args.report, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -66,6 +87,7 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
               f"accuracy {result['accuracy']:.4f}, log-loss {result['log_loss']:.4f}, roc-auc {result['roc_auc']}, "
               f"n={result['n']}, misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
         print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
+        _print_open_set(result)
     return 0
 
 
@@ -89,7 +111,14 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
 
 def cmd_show(args: argparse.Namespace, registry: Registry) -> int:
     meta = registry.metadata(args.model)
-    print(json.dumps(meta if args.full else public_metadata(meta), indent=2))
+    if not args.full:
+        meta = public_metadata(meta)
+        for split in meta.get("metrics", {}).values():
+            if isinstance(split, dict):
+                for key in ("reliability", "reliability_uncalibrated"):
+                    split.pop(key, None)
+                (split.get("open_set") or {}).pop("novelty", None)
+    print(json.dumps(meta, indent=2))
     return 0
 
 
@@ -106,7 +135,8 @@ def cmd_retrain(args: argparse.Namespace, registry: Registry) -> int:
 
     report = retrain(registry, new_data=args.data, base=args.base, min_gain=args.min_gain,
                      original_data=args.original_data, feedback=args.feedback, epochs=args.epochs,
-                     limit_per_class=args.limit_per_class, aug_views=args.aug_views)
+                     limit_per_class=args.limit_per_class, aug_views=args.aug_views, ood=args.ood,
+                     max_ood_drop=args.max_ood_drop)
     print(report["summary"])
     return 0
 
@@ -140,6 +170,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
                    help="make it current (default: only when there is no current model)")
     g.add_argument("--no-promote", dest="promote", action="store_false")
     p.add_argument("--if-no-current", action="store_true", help="do nothing when a current model exists")
+    p.add_argument("--novelty-accept", type=float, default=0.99,
+                   help="share of validation images the open-set detector accepts as known")
+    p.add_argument("--novelty-scores", default="auto",
+                   help="open-set scores: auto (imagenet,density where the backbone has an ImageNet classifier, "
+                        "else density), density, imagenet, or imagenet,density")
+    p.add_argument("--ood", type=Path, help="a folder of photos of none of the classes: open-set figures in the report")
     p.set_defaults(func=cmd_train)
 
     p = command("evaluate", help="evaluate a model version with ONNX Runtime on a data split")
@@ -153,6 +189,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
                         "picks here, fp16 on CUDA, int8 on a CPU with VNNI/AMX, else fp32)")
     p.add_argument("--limit-per-class", type=int)
     p.add_argument("--json", action="store_true", help="print every metric as JSON")
+    p.add_argument("--ood", type=Path, help="a folder of photos of none of the model's classes: open-set AUROC, "
+                                            "FPR at 95%% TPR and the share flagged unknown")
+    p.add_argument("--report", type=Path, help="write plots (reliability, novelty distributions) to this folder")
     p.set_defaults(func=cmd_evaluate)
 
     p = command("export", help="re-export a version's checkpoint to an ONNX file, with the parity check")
@@ -187,6 +226,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     p.add_argument("--epochs", type=int, help="default: the base model's")
     p.add_argument("--aug-views", type=int, help="augmented views per training image (default: the base model's)")
     p.add_argument("--limit-per-class", type=int, help="at most N original and new images per class and split")
+    p.add_argument("--ood", type=Path, help="photos of none of the classes: refuse a candidate that flags fewer "
+                                            "of them than the base by more than --max-ood-drop")
+    p.add_argument("--max-ood-drop", type=float, default=0.01,
+                   help="largest drop in the share of --ood photos flagged unknown (default 0.01: 1 point)")
     p.set_defaults(func=cmd_retrain)
 
     args = parser.parse_args(argv)

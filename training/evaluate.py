@@ -60,10 +60,38 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str],
     }
 
 
+def ood_samples(folder: Path | str) -> list[Sample]:
+    """Every image file under ``folder`` (recursively): photos of none of the model's classes."""
+    from training.data import IMAGE_SUFFIXES
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--ood folder {root} does not exist")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"--ood folder {root} holds no images")
+    return [(p, 0) for p in files]
+
+
+def _with_novelty(model, novelty: list[np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``model.predict`` that also collects each batch's novelty (when the version has a detector)."""
+    def predict(batch: np.ndarray) -> np.ndarray:
+        out = model.classify(batch)
+        if out.novelty is not None:
+            novelty.append(out.novelty)
+        return out.probabilities
+    return predict
+
+
 def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], device: str = "auto",
-                  meta: dict | None = None, variant: str = "fp32") -> dict:
-    """Load a version folder (its ``variant``) in ONNX Runtime and compute :func:`classification_metrics`."""
+                  meta: dict | None = None, variant: str = "fp32", ood: Path | str | None = None) -> dict:
+    """Load a version folder (its ``variant``) in ONNX Runtime and compute :func:`classification_metrics` on
+    ``samples``, the expected calibration error, and (for a version with an open-set detector) the share of
+    ``samples`` flagged as unknown; with ``ood`` (a folder of photos of other things) also AUROC, FPR at 95% TPR and
+    the share flagged."""
     from imgcls.onnx_model import OnnxClassifier
+    from training.openset import expected_calibration_error, open_set_metrics, reliability, uncalibrated
 
     model = OnnxClassifier(model_dir, device=device, metadata=meta, variant=variant)
     if model.labels != classes:
@@ -72,10 +100,31 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
         if missing:
             raise ValueError(f"the data's classes {missing} are not among the model's labels {model.labels}")
         samples = [(p, mapping[classes[l]]) for p, l in samples]
-    probs, y, paths, errors = predict_samples(model.predict, model.preprocess, samples)
+    novelty: list[np.ndarray] = []
+    probs, y, paths, errors = predict_samples(_with_novelty(model, novelty), model.preprocess, samples)
     if not len(y):
         raise ValueError(f"none of the {len(samples)} images could be read, e.g. {next(iter(errors.items()), '')}")
     result = classification_metrics(y, probs, model.labels, paths)
     result["skipped"] = {str(p): e for p, e in errors.items()}
     result["model"], result["variant"] = model.version, model.variant
+    result["ece"] = expected_calibration_error(probs, y)
+    result["reliability"] = reliability(probs, y)
+    temperature = (model.metadata.get("calibration") or {}).get("temperature")
+    if temperature:
+        result["temperature"] = temperature
+        before = uncalibrated(probs, temperature)
+        result["ece_uncalibrated"] = expected_calibration_error(before, y)
+        result["reliability_uncalibrated"] = reliability(before, y)
+    if model.detector is not None:
+        known = np.concatenate(novelty) if novelty else np.zeros(0)
+        other = np.zeros(0)
+        if ood is not None:
+            other_novelty: list[np.ndarray] = []
+            predict_samples(_with_novelty(model, other_novelty), model.preprocess, ood_samples(ood), desc="ood")
+            other = np.concatenate(other_novelty) if other_novelty else other
+        detector = {k: model.metadata["novelty"].get(k) for k in ("scores", "accept_target", "val_accepted")}
+        result["open_set"] = {**open_set_metrics(known, other), "ood": str(ood) if ood is not None else None,
+                              "detector": detector,
+                              "novelty": {"in": [round(float(v), 5) for v in known],
+                                          "out": [round(float(v), 5) for v in other]}}
     return result

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,9 @@ class Backbone:
     preprocess: Preprocess
     weights_id: str  # which weights: names the feature cache
     pretrained: bool = True
+    # The backbone's own ImageNet classifier over the pooled ``last`` output (weight, bias), where it has one:
+    # the open-set detector uses it (``training.openset``).
+    imagenet_head: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class ImageClassifier(nn.Module):
@@ -44,6 +48,7 @@ class ImageClassifier(nn.Module):
         self.preprocess = backbone.preprocess
         self.weights_id = backbone.weights_id
         self.pretrained = backbone.pretrained
+        self.imagenet_head = backbone.imagenet_head  # numpy arrays, so not in the state_dict or the checkpoint
         self.trainable_body = trainable_body
         self.unfreeze_last_block = unfreeze_last_block or trainable_body
         for module, trainable in ((self.body, trainable_body), (self.last, self.unfreeze_last_block)):
@@ -114,7 +119,12 @@ def efficientnet_lite0(weights: Path | None, random_init: bool) -> Backbone:
     # Google's TF checkpoints: 224x224 crops of images resized to 256, pixels scaled to [-1, 1].
     return Backbone(_Seq(net, 0, n - 1, stem=True, head=False), _Seq(net, n - 1, None, stem=False, head=True),
                     net._conv_head.out_channels, Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
-                    "random" if random_init else f"efficientnet_lite0-{sha256_file(weights)[:16]}", not random_init)
+                    "random" if random_init else f"efficientnet_lite0-{sha256_file(weights)[:16]}", not random_init,
+                    None if random_init else _linear_arrays(net._fc))
+
+
+def _linear_arrays(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    return linear.weight.detach().float().numpy().copy(), linear.bias.detach().float().numpy().copy()
 
 
 def _official_weights(name: str):
@@ -162,7 +172,7 @@ def resnet(name: str) -> Callable[[Path | None, bool], Backbone]:
         net, wid = _torchvision_net(name, weights, random_init)
         body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
         return Backbone(body, net.layer4, net.fc.in_features, _torchvision_preprocess(name), f"{name}-{wid}",
-                        not random_init)
+                        not random_init, None if random_init else _linear_arrays(net.fc))
     return build
 
 

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 from imgcls.cam import class_activation_map  # noqa: E402
 from imgcls.images import decode_image  # noqa: E402
+from training import openset_report  # noqa: E402
 from training.models import ImageClassifier  # noqa: E402
 
 
@@ -138,4 +139,5 @@ Test ROC-AUC: {auc}
 ![learning curves](learning_curves.png) ![confusion matrix](confusion_matrix.png)
 ![first-layer filters](first_layer_filters.png) ![feature maps](feature_maps.png)
 ![class activation maps](class_activation_maps.png)
-""")
+
+""" + openset_report.section(out, test))

@@ -54,6 +54,20 @@ def decide(base: dict, candidate: dict, min_gain: float = 0.0) -> Decision:
     return Decision(True, f"candidate accuracy {c_acc:.4f} >= base {b_acc:.4f} + min-gain {min_gain:.4f}")
 
 
+def open_set_gate(decision: Decision, base: dict, candidate: dict, max_drop: float) -> Decision:
+    """Refuse a candidate that flags a smaller share of the ``--ood`` photos than the base, by more than ``max_drop``.
+
+    A base without an open-set detector flags none of them."""
+    b = (base.get("open_set") or {}).get("flagged_out") or 0.0
+    c = (candidate.get("open_set") or {}).get("flagged_out") or 0.0
+    if c < b - max_drop - _EPS:
+        return Decision(False, f"{decision.reason}, but its open-set rejection fell: it flags {c:.2%} of the --ood "
+                               f"photos against the base's {b:.2%} (at most {max_drop:.2%} lower allowed)")
+    if decision.promote:
+        return Decision(True, f"{decision.reason}; open-set rejection {c:.2%} of the --ood photos (base {b:.2%})")
+    return decision
+
+
 def feedback_samples(folder: Path, classes: list[str]) -> list[Sample]:
     """The service's ``<label>/<pixel sha256>.jpg`` files as samples labelled by ``classes``' indices.
 
@@ -88,6 +102,10 @@ def base_config(meta: dict, *, epochs: int | None = None, aug_views: int | None 
     kwargs.setdefault("backbone", meta.get("backbone", TrainConfig.backbone))
     if kwargs.get("weights"):
         kwargs["weights"] = Path(kwargs["weights"])
+    if isinstance(kwargs.get("open_set"), dict):
+        from training.openset import OpenSetConfig
+
+        kwargs["open_set"] = OpenSetConfig(**kwargs["open_set"])
     cfg = TrainConfig(**kwargs, fit=fit)
     if epochs is not None:
         cfg.fit.epochs = epochs
@@ -180,17 +198,22 @@ def _report_dir(registry: Registry) -> Path:
 
 
 def _metrics(result: dict) -> dict:
-    return {k: result[k] for k in COMPARED} | {"skipped": len(result.get("skipped", {}))}
+    open_set = {k: v for k, v in (result.get("open_set") or {}).items() if k not in ("novelty", "detector")}
+    return {k: result[k] for k in COMPARED} | {"skipped": len(result.get("skipped", {}))} | \
+        ({"open_set": open_set} if open_set else {})
 
 
 def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], base: str = "current",
             min_gain: float = 0.0, original_data: str | Path | None = None, feedback: Path | None = None,
             epochs: int | None = None, limit_per_class: int | None = None,
-            aug_views: int | None = None) -> dict[str, Any]:
+            aug_views: int | None = None, ood: Path | str | None = None,
+            max_ood_drop: float = 0.01) -> dict[str, Any]:
     """Train a candidate on original + new data + feedback, compare it with ``base``, promote it if good enough.
 
     ``limit_per_class`` caps the original and new data per class and split (quick runs), as ``train`` does.
-    ``epochs``/``aug_views`` override the base's settings. Returns the report (also written to disk).
+    ``epochs``/``aug_views`` override the base's settings. With ``ood`` (photos of none of the classes), a candidate
+    whose share of them flagged unknown is lower than the base's by more than ``max_ood_drop`` is refused.
+    Returns the report (also written to disk).
     """
     from training.train import limit_per_class as limit, train
 
@@ -223,6 +246,7 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
         "status": "running", "started_at": now_iso(), "report_dir": str(out),
         "base": {"ref": base, "version": base_version, "was_current": base_version == current_at_start},
         "current_at_start": current_at_start, "min_gain": min_gain,
+        "ood": {"dir": str(ood), "max_drop": max_ood_drop} if ood is not None else None,
         "rule": "promote if candidate accuracy >= base accuracy + min_gain; on equal accuracy, "
                 "if candidate log-loss <= base log-loss",
         "evaluation": {"data": original.root, "split": EVAL_SPLIT, "n_files": len(eval_set),
@@ -241,16 +265,18 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
              ds.counts(), sources["feedback"]["used"], sources["feedback"]["found"], out)
     try:
         log.info("evaluating base %s on %d %s images of %s", base_version, len(eval_set), EVAL_SPLIT, original.root)
-        base_eval = evaluate_onnx(base_dir, eval_set, classes, device="cpu")
+        base_eval = evaluate_onnx(base_dir, eval_set, classes, device="cpu", ood=ood)
         candidate, _ = train(ds, cfg, registry, cache_dir=registry.root / "cache" / "features", parent=base_version,
                              sources=sources)
         report["candidate"] = {"version": candidate}
         log.info("evaluating candidate %s on the same %d images", candidate, len(eval_set))
-        cand_eval = evaluate_onnx(registry.resolve(candidate), eval_set, classes, device="cpu")
+        cand_eval = evaluate_onnx(registry.resolve(candidate), eval_set, classes, device="cpu", ood=ood)
         if base_eval["n"] != cand_eval["n"]:
             raise RuntimeError(f"base scored {base_eval['n']} images, candidate {cand_eval['n']}: not comparable")
         report["base"]["metrics"], report["candidate"]["metrics"] = _metrics(base_eval), _metrics(cand_eval)
         decision = decide(base_eval, cand_eval, min_gain)
+        if ood is not None:
+            decision = open_set_gate(decision, base_eval, cand_eval, max_ood_drop)
         now_current = registry.current()
         if decision.promote and current_at_start != now_current:
             decision = Decision(False, f"{decision.reason}, but current changed during the run "
@@ -315,6 +341,15 @@ def markdown(report: dict) -> str:
                          f"| {auc} | {metrics['n']} |")
         else:
             lines.append(f"| {name} | `{m.get('version', '-')}` | - | - | - | - |")
+    if report.get("ood"):
+        lines += ["", f"Open set: share of the photos in `{report['ood']['dir']}` flagged unknown (a candidate may be "
+                      f"at most {report['ood']['max_drop']:.2%} lower than the base):"]
+        for name, m in (("base", b), ("candidate", c)):
+            o = (m.get("metrics") or {}).get("open_set") or {}
+            if m.get("metrics"):
+                flagged = "no detector (flags none)" if not o else f"{o['flagged_out']:.2%} of {o['n_out']} " \
+                    f"(test split {o['flagged_in']:.2%})"
+                lines.append(f"- {name}: {flagged}")
     lines += ["", f"`current` at the start: `{report['current_at_start']}`.", "",
               "## Candidate training data", "",
               "| source | used | train | val | dropped (in eval split / duplicate) |", "|---|---|---|---|---|"]

@@ -21,6 +21,7 @@ from training.features import FeatureExtractor
 from training.fit import FitConfig, fit
 from training.models import create_model
 from training.variants import build_variants
+from training.openset import OpenSetConfig, calibrate_and_fit, save_detector
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class TrainConfig:
     aug_views: int = 2  # augmented views per training image, besides the plain one
     dropout: float = 0.2
     fit: FitConfig = field(default_factory=FitConfig)
+    open_set: OpenSetConfig = field(default_factory=OpenSetConfig)
 
 
 def limit_per_class(ds: Dataset, n: int | None) -> Dataset:
@@ -51,10 +53,11 @@ def limit_per_class(ds: Dataset, n: int | None) -> Dataset:
 
 
 def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path | None = None,
-          parent: str | None = None, sources: dict | None = None) -> tuple[str, dict]:
+          parent: str | None = None, sources: dict | None = None, ood: Path | None = None) -> tuple[str, dict]:
     """Train, export and evaluate a model on ``ds``; add it to ``registry`` as a new (unpromoted) version.
 
-    ``parent`` and ``sources`` (where a retrain's data came from) are recorded in the version's metadata."""
+    ``parent`` and ``sources`` (where a retrain's data came from) are recorded in the version's metadata; ``ood``,
+    a folder of photos of none of the classes, adds open-set figures to the test metrics."""
     for split in ("train", "val", "test"):
         if not ds.splits.get(split):
             raise ValueError(f"the {split} split of {ds.root} is empty")
@@ -73,6 +76,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
 
     t1 = time.perf_counter()
     history = fit(model, views, val, cfg.fit)
+    detector, open_set_meta = calibrate_and_fit(model, views[0], val, len(ds.classes), cfg.open_set)
     timings["fit_s"] = time.perf_counter() - t1
 
     staging = registry.staging_dir()
@@ -85,6 +89,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
         head = head_weights(model)
         if head is not None:
             np.savez(staging / HEAD_FILE, **head)
+        save_detector(detector, staging)
         timings["export_s"] = time.perf_counter() - t2
 
         version = new_version(cfg.backbone)
@@ -105,11 +110,12 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
                          "torch": torch.__version__, "python": platform.python_version()},
             "history": history,
             "export": export_info,
+            **open_set_meta,
         }
         t3 = time.perf_counter()
         meta["metrics"] = {
             "val": _summary(evaluate_onnx(staging, ds.splits["val"], ds.classes, device="cpu", meta=meta)),
-            "test": evaluate_onnx(staging, ds.splits["test"], ds.classes, device="cpu", meta=meta),
+            "test": evaluate_onnx(staging, ds.splits["test"], ds.classes, device="cpu", meta=meta, ood=ood),
         }
         timings["evaluate_s"] = time.perf_counter() - t3
         t5 = time.perf_counter()
