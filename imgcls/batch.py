@@ -117,7 +117,8 @@ def prediction_row(path: str, probs: np.ndarray, labels: list[str], version: str
     top = int(np.argmax(probs))
     return {"path": path, "label": labels[top], "score": float(probs[top]),
             "known": None if novelty is None else bool(novelty <= 1.0),
-            "novelty": None if novelty is None else float(novelty),
+            # 6 decimals: the score's last float digits depend on how images were batched (BLAS), not on the image
+            "novelty": None if novelty is None else round(float(novelty), 6),
             "probabilities": {label: float(p) for label, p in zip(labels, probs)},
             "model_version": version, "error": None, "detail": None}
 

@@ -90,7 +90,7 @@ class ModelService:
         BATCH_SIZE.observe(len(index))
         for j, i in enumerate(index):
             out[i] = _answer(model, probs[j], None if answer.novelty is None else
-                             {"novelty": float(answer.novelty[j]), "known": bool(answer.known[j])})
+                             {"novelty": round(float(answer.novelty[j]), 6), "known": bool(answer.known[j])})
         return out
 
     @bentoml.api
