@@ -153,7 +153,10 @@ def measure(peer: Peer, model_dir: Path, bodies: list[bytes], clients: list[int]
             wait_until_serving(url, bodies[0])
             result["startup_s"] = time.monotonic() - started
             if peer.ours:
-                result["served_model"] = httpx.get(f"{base}/model", timeout=30).json()
+                info = httpx.get(f"{base}/model", timeout=30).json()
+                result["served_model"] = {k: info[k] for k in ("version", "variant", "runtime") if k in info}
+                # A service that ignores MODEL_VARIANT would serve fp32 under the int8 name: say so.
+                result["variant_confirmed"] = peer.name.split("-")[1] in json.dumps(info)
             result["non_image"] = non_image_answer(url)
             rps = load(base, bodies, clients[0], 4 * clients[0], path=peer.path, field=FIELD)["rps"]  # warm-up
             for n in clients:
@@ -238,6 +241,9 @@ def main() -> None:
         print(f"{c['service']} / {c['best_peer']} at {c['clients']} clients: {c['ratio']:.2f}x requests/s "
               f"(target >= {TARGET_RATIO:.0f}x), p99 {c['p99_ms']:.0f} vs {c['best_peer_p99_ms']:.0f} ms: "
               f"{'met' if c['met'] else 'NOT met'}")
+    for peer in peers:
+        if peer.get("available") and peer.get("variant_confirmed") is False:
+            print(f"note: {peer['name']}'s /model does not name its variant: check it served what MODEL_VARIANT asked")
     if args.json:
         from bench.plot_peers import draw
 
