@@ -100,8 +100,10 @@ def _torchserve(model_dir: Path, port: int, scratch: Path) -> Launch:
                    "--ts-config", str(config), "--model-store", str(store)],
                   # Idle OpenMP threads sleep, as the ONNX peers' intra-op threads do (allow_spinning=0): with
                   # spinning, 2 torch threads on 2 busy cores took 8 s for one image instead of 0.2 s.
-                  {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "LOG_LOCATION": str(scratch / "logs"),
-                   "METRICS_LOCATION": str(scratch / "logs")}, "/ping")
+                  # TMPDIR: its launcher keeps a pid file there and refuses to start while that pid lives (the
+                  # previous TorchServe's JVM, still exiting, or another user's).
+                  {"PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(scratch),
+                   "LOG_LOCATION": str(scratch / "logs"), "METRICS_LOCATION": str(scratch / "logs")}, "/ping")
 
 
 PEERS = [
