@@ -7,7 +7,7 @@ PORT ?= 3000
 SERVE_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo serve-gpu || echo serve)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test test-fast bench clean
+.PHONY: setup serve train test test-fast bench bench-peers clean
 
 setup: $(VENV)/.installed-$(SERVE_EXTRA)
 
@@ -41,6 +41,11 @@ bench: setup
 	$(PY) -m bench.bench_decode --json bench/results/decode.json
 	$(PY) -m bench.bench_batch --json bench/results/batch.json
 	$(PY) -m bench.bench_serving --json bench/results/serving.json
+
+# This service beside BentoML's example pattern, LitServe, Ray Serve and TorchServe (their pins: the peers extra).
+bench-peers: setup
+	$(PY) -m pip install -q -e ".[peers]"
+	$(PY) -m bench.bench_peers --json bench/results/peers.json
 
 clean:
 	rm -rf $(VENV) artifacts build

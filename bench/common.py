@@ -18,8 +18,11 @@ def test_photos() -> list[Path]:
     return photos
 
 
-def load(url: str, bodies: list[bytes], clients: int, total: int) -> dict:
+def load(url: str, bodies: list[bytes], clients: int, total: int, path: str = "/classify",
+         field: str | None = None) -> dict:
     """``clients`` concurrent keep-alive connections post raw JPEG bodies until ``total`` requests are done.
+
+    ``path``: the endpoint; ``field``: post each photo as a multipart file in that form field instead.
 
     One asyncio loop (aiohttp) generates the load, so the client takes little of the CPU it shares with the server.
     """
@@ -38,8 +41,7 @@ def load(url: str, bodies: list[bytes], clients: int, total: int) -> dict:
                 nonlocal failures
                 for i in counter:
                     start = time.perf_counter()
-                    async with session.post(f"{url}/classify", data=bodies[i % len(bodies)],
-                                            headers={"Content-Type": "image/jpeg"}) as r:
+                    async with session.post(f"{url}{path}", **_upload(bodies[i % len(bodies)], field)) as r:
                         await r.read()
                         failures += r.status != 200
                     latencies.append(time.perf_counter() - start)
@@ -51,6 +53,17 @@ def load(url: str, bodies: list[bytes], clients: int, total: int) -> dict:
     wall = asyncio.run(run())
     return {"requests": total, "failures": failures, "seconds": wall, "rps": total / wall,
             "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99)}
+
+
+def _upload(body: bytes, field: str | None) -> dict:
+    """aiohttp ``post`` arguments for one JPEG: a raw body, or a multipart form with the file in ``field``."""
+    import aiohttp
+
+    if field is None:
+        return {"data": body, "headers": {"Content-Type": "image/jpeg"}}
+    form = aiohttp.FormData()
+    form.add_field(field, body, filename="photo.jpg", content_type="image/jpeg")
+    return {"data": form}
 
 
 def pct(seconds: list[float], q: float) -> float:
