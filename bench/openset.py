@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from bench.common import DATA
 from imgcls.registry import Registry
 from training.data import create_dataset
