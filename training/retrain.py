@@ -61,7 +61,8 @@ def open_set_gate(decision: Decision, base: dict, candidate: dict, max_drop: flo
     b = (base.get("open_set") or {}).get("flagged_out") or 0.0
     c = (candidate.get("open_set") or {}).get("flagged_out") or 0.0
     if c < b - max_drop - _EPS:
-        return Decision(False, f"{decision.reason}, but its open-set rejection fell: it flags {c:.2%} of the --ood "
+        joint = ", but" if decision.promote else "; also"
+        return Decision(False, f"{decision.reason}{joint} its open-set rejection fell: it flags {c:.2%} of the --ood "
                                f"photos against the base's {b:.2%} (at most {max_drop:.2%} lower allowed)")
     if decision.promote:
         return Decision(True, f"{decision.reason}; open-set rejection {c:.2%} of the --ood photos (base {b:.2%})")
