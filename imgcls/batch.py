@@ -40,7 +40,7 @@ from imgcls.loader import Failure, preprocessed_batches
 from imgcls.onnx_model import VARIANTS, DeviceError, OnnxClassifier
 from imgcls.registry import ModelError, Registry, default_root, verify
 
-FIELDS = ("path", "label", "score", "probabilities", "model_version", "error", "detail")
+FIELDS = ("path", "label", "score", "known", "novelty", "probabilities", "model_version", "error", "detail")
 GLOB_CHARS = frozenset("*?[")
 
 
@@ -126,7 +126,7 @@ def prediction_row(path: str, probs: np.ndarray, labels: list[str], version: str
 def error_row(path: str, failure: Failure, version: str) -> dict[str, Any]:
     # One physical line per row is what makes torn-line recovery exact, also for CSV output.
     detail = " ".join(failure.detail.split())
-    return {"path": path, "label": None, "score": None, "probabilities": None,
+    return {"path": path, "label": None, "score": None, "known": None, "novelty": None, "probabilities": None,
             "model_version": version, "error": failure.reason, "detail": detail}
 
 
@@ -244,8 +244,8 @@ class ResultsFile:
 
 def _csv_values(row: dict[str, Any]) -> list[Any]:
     probs = row["probabilities"]
-    return [row["path"], row["label"], row["score"], json.dumps(probs) if probs is not None else None,
-            row["model_version"], row["error"], row["detail"]]
+    return [row["path"], row["label"], row["score"], row.get("known"), row.get("novelty"),
+            json.dumps(probs) if probs is not None else None, row["model_version"], row["error"], row["detail"]]
 
 
 def _csv_line(values: Iterable[Any]) -> str:

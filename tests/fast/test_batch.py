@@ -141,7 +141,8 @@ def test_glob_input_to_csv_output(capsys, tiny_registry, pics, tmp_path):
 
     with open(out, newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["path", "label", "score", "probabilities", "model_version", "error", "detail"]
+        assert reader.fieldnames == ["path", "label", "score", "known", "novelty", "probabilities", "model_version",
+                                     "error", "detail"]
         rows = list(reader)
     assert sorted(r["path"] for r in rows) == expected
     correct = 0
