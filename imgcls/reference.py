@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.onnx_model import OnnxClassifier
-from imgcls.registry import ModelError
+from imgcls.onnx_model import OnnxClassifier, available_variants
+from imgcls.registry import ModelError, verify
 
 REFERENCE_FILE = "reference.npz"
 REFERENCE_IMAGES = 4  # enough to catch damaged weights; small enough to keep in every version (~0.6 MB)
@@ -21,49 +21,69 @@ ATOL = 1e-3  # on probabilities: far above CPU/GPU float32 noise (1e-6), far bel
 
 
 def write_reference(model_dir: Path, inputs: np.ndarray, metadata: dict[str, Any]) -> dict[str, Any]:
-    """Run the model in ``model_dir`` (not yet in the registry) on the first :data:`REFERENCE_IMAGES` of
-    ``inputs`` and save them with its probabilities as ``reference.npz``. Returns a summary for the metadata.
+    """Run the model in ``model_dir`` (not yet in the registry), each of its variants, on the first
+    :data:`REFERENCE_IMAGES` of ``inputs`` and save them with the probabilities as ``reference.npz``
+    (``probabilities`` for fp32, ``probabilities_<variant>`` for the others). Returns a summary for the metadata.
 
     Inputs are stored as float16 (half the size) and the expected outputs computed from those same rounded
     inputs, so a later check compares like with like."""
     x = np.ascontiguousarray(inputs[:REFERENCE_IMAGES]).astype(np.float16)
-    model = OnnxClassifier(model_dir, device="cpu", metadata=metadata)
-    probs = model.predict(x.astype(np.float32))
-    _check_outputs(probs, len(x), len(model.labels), model.version)
-    np.savez_compressed(model_dir / REFERENCE_FILE, inputs=x, probabilities=probs.astype(np.float32))
-    return {"file": REFERENCE_FILE, "images": int(len(x)), "atol": ATOL}
+    arrays: dict[str, np.ndarray] = {"inputs": x}
+    for variant in available_variants(model_dir, metadata):
+        model = OnnxClassifier(model_dir, device="cpu", metadata=metadata, variant=variant)
+        probs = model.predict(x.astype(np.float32))
+        _check_outputs(probs, len(x), len(model.labels), model.version)
+        arrays[_key(variant)] = probs.astype(np.float32)
+    np.savez_compressed(model_dir / REFERENCE_FILE, **arrays)
+    return {"file": REFERENCE_FILE, "images": int(len(x)), "atol": ATOL,
+            "variants": [k.removeprefix("probabilities_") if k != "probabilities" else "fp32"
+                         for k in arrays if k != "inputs"]}
 
 
-def check_reference(model: OnnxClassifier | Path | str, *, atol: float = ATOL) -> None:
-    """Raise :class:`ModelError` unless ``model`` (a loaded classifier or a version folder, which is then loaded
-    on CPU and checksum-verified) reproduces its reference batch within ``atol``.
+def _key(variant: str) -> str:
+    return "probabilities" if variant == "fp32" else f"probabilities_{variant}"
 
-    A version from before reference batches gets a weaker check: finite probabilities summing to 1 on a fixed
-    synthetic batch."""
+
+def check_reference(model: OnnxClassifier | Path | str, *, atol: float | None = None) -> None:
+    """Raise :class:`ModelError` unless ``model`` reproduces its reference batch: within ``atol`` of what the same
+    variant gave at training (default :data:`ATOL`, looser for fp16, whose GPU kernels round differently).
+
+    ``model`` is a loaded classifier (its variant is checked), or a version folder: then every variant it holds is
+    loaded on CPU (checksums verified) and checked, as ``promote`` does. A version from before reference batches
+    gets a weaker check: finite probabilities summing to 1 on a fixed synthetic batch."""
     if not isinstance(model, OnnxClassifier):
+        folder = Path(model)
         try:
-            model = OnnxClassifier(Path(model), device="cpu")
+            meta = verify(folder)
+            models = [OnnxClassifier(folder, device="cpu", variant=v) for v in available_variants(folder, meta)]
         except ModelError:
             raise
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for an unloadable file
-            raise ModelError(f"model {Path(model).name} cannot be loaded: {e}") from e
+            raise ModelError(f"model {folder.name} cannot be loaded: {e}") from e
+        for m in models:
+            check_reference(m, atol=atol)
+        return
     path = model.model_dir / REFERENCE_FILE
+    expected = None
     if path.is_file():
         with np.load(path) as ref:
-            x, expected = ref["inputs"].astype(np.float32), ref["probabilities"]
+            x = ref["inputs"].astype(np.float32)
+            if _key(model.variant) in ref.files:
+                expected = ref[_key(model.variant)]
     else:
         s = model.preprocess.input_size
-        x, expected = np.random.default_rng(0).standard_normal((2, 3, s, s), dtype=np.float32), None
+        x = np.random.default_rng(0).standard_normal((2, 3, s, s), dtype=np.float32)
     try:
         probs = model.predict(x)
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"model {model.version} fails on its reference batch: {e}") from e
     _check_outputs(probs, len(x), len(model.labels), model.version)
     if expected is not None:
+        tolerance = atol if atol is not None else (10 * ATOL if model.variant == "fp16" else ATOL)
         diff = float(np.abs(probs - expected).max())
-        if not diff <= atol:
-            raise ModelError(f"model {model.version} differs from its reference outputs by {diff:.2e} > {atol:.0e}"
-                             " (damaged or replaced weights)")
+        if not diff <= tolerance:
+            raise ModelError(f"model {model.version} ({model.variant}) differs from its reference outputs by "
+                             f"{diff:.2e} > {tolerance:.0e} (damaged or replaced weights)")
 
 
 def _check_outputs(probs: np.ndarray, n: int, n_labels: int, version: str) -> None:

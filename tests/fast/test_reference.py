@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from imgcls.onnx_model import OnnxClassifier
@@ -80,3 +81,16 @@ def test_cli_promote_of_the_nan_version_is_a_one_line_error(tmp_path: Path) -> N
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "non-finite" in lines[0] and "Traceback" not in proc.stderr
     assert reg.current() == good
+
+
+def test_every_variant_a_version_holds_passes_its_own_reference(tiny_registry: Path) -> None:
+    from imgcls.onnx_model import available_variants
+    from imgcls.registry import load_metadata
+
+    folder = Registry(tiny_registry).resolve("current")
+    variants = available_variants(folder, load_metadata(folder))
+    for v in variants:  # the serving variant is whatever MODEL_VARIANT or the CPU picks: each must verify
+        check_reference(OnnxClassifier(folder, device="cpu", variant=v))
+    check_reference(folder)  # promote's check: all of them
+    with np.load(folder / REFERENCE_FILE) as ref:
+        assert {"probabilities", *(f"probabilities_{v}" for v in variants if v != "fp32")} <= set(ref.files)
