@@ -28,6 +28,7 @@ from imgcls.feedback import FeedbackRefused, FeedbackStore, RateLimiter
 from imgcls.images import ImageError, finish_decode, open_image
 from imgcls.preprocess import Preprocess
 from service.auth import bearer_matches
+from service.coalesce import Coalescer
 from service.config import Config
 from service.errors import ApiError, JsonErrors, overloaded
 from service.heatmap import overlay_png
@@ -150,6 +151,7 @@ class ImageClassifier:
         self.feedback_limiter = RateLimiter(self.config.feedback_rate, self.config.feedback_burst)
         self.in_flight = 0
         self._sizes: tuple[int, int] | None = None  # (resize_size, input_size) of the served model
+        self.coalescer = Coalescer(lambda crops: self._call_model("infer", crops=crops), self.config.max_batch_size)
 
     # -- endpoints --------------------------------------------------------------------------------------------------
     @bentoml.api(route="/classify")
@@ -316,11 +318,11 @@ class ImageClassifier:
         self.in_flight += 1
         try:
             _, crop = await self._decode(data)
-            answer = (await self._call_model("infer", crops=[crop]))[0]
+            answer = await self.coalescer.submit(crop)
             if answer.get("error") == "stale_input":  # the model was swapped for one of another input size
                 self._sizes = (answer["resize_size"], answer["input_size"])
                 _, crop = await self._decode(data)
-                answer = (await self._call_model("infer", crops=[crop]))[0]
+                answer = await self.coalescer.submit(crop)
         finally:
             self.in_flight -= 1
         _raise_for(answer)

@@ -228,3 +228,27 @@ def test_a_stalled_upload_gets_408_and_a_steady_one_completes() -> None:
     assert status == 200 and int(json.loads(body) if body.isdigit() else 0) > 0
     status, body = asyncio.run(run([b"x" * 100] * 5, pause=0.5))  # stalled
     assert status == 408 and json.loads(body)["error"] == "request_timeout"
+
+
+def test_waiting_crops_travel_together_and_failures_reach_every_waiter() -> None:
+    from service.coalesce import Coalescer
+
+    calls: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int]:
+        calls.append(items)
+        await asyncio.sleep(0.01)
+        if -1 in items:
+            raise RuntimeError("model service down")
+        return [i * 10 for i in items]
+
+    async def main() -> tuple[list[int], list[str]]:
+        c = Coalescer(send, max_batch=8, max_in_flight=1)
+        answers = await asyncio.gather(*(c.submit(i) for i in range(20)))
+        failed = await asyncio.gather(c.submit(1), c.submit(-1), c.submit(5), return_exceptions=True)
+        return list(answers), [type(e).__name__ for e in failed]
+
+    answers, failed = asyncio.run(main())
+    assert answers == [i * 10 for i in range(20)]  # each waiter gets its own answer, in order
+    assert [len(c) for c in calls[:4]] == [1, 8, 8, 3]  # the first goes at once, the rest wait for it together
+    assert failed == ["int", "RuntimeError", "RuntimeError"]  # -1 and 5 travelled together: both see the failure

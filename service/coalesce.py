@@ -1,0 +1,47 @@
+"""Fewer, larger calls from the API service to the model service.
+
+Every call between the two BentoML services costs a request in each process (a few ms of CPU on each side), so one
+call per image would cost about as much CPU as the model itself on a small CPU. Crops waiting while calls are in
+flight are sent together in the next call; the model service's adaptive batching (``batchable=True``) then merges
+the calls that overlap. An idle service sends at once: no latency is added to a lone request.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+
+class Coalescer:
+    """``await submit(item)`` -> its answer from ``send(items)``, with at most ``max_in_flight`` calls at a time."""
+
+    def __init__(self, send: Callable[[list[Any]], Awaitable[list[Any]]], max_batch: int,
+                 max_in_flight: int = 2) -> None:
+        self.send, self.max_batch, self.max_in_flight = send, max_batch, max_in_flight
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.in_flight = 0
+
+    async def submit(self, item: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self._start_calls()
+        return await future
+
+    def _start_calls(self) -> None:
+        while self.pending and self.in_flight < self.max_in_flight:
+            batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
+            self.in_flight += 1
+            asyncio.get_running_loop().create_task(self._call(batch))
+
+    async def _call(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        try:
+            answers = await self.send([item for item, _ in batch])
+            for (_, future), answer in zip(batch, answers):
+                if not future.done():
+                    future.set_result(answer)
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure (a 503 ApiError, usually)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+        finally:
+            self.in_flight -= 1
+            self._start_calls()
