@@ -8,12 +8,12 @@ import torch
 from imgcls.registry import load_metadata
 from training.data import create_dataset, default_data_dir
 from training.export import export_onnx, parity_batch
-from training.models import ImageClassifier, create_model
+from training.models import TransferModel, create_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def save_checkpoint(model: ImageClassifier, path: Path, pretrained: bool) -> None:
+def save_checkpoint(model: TransferModel, path: Path, pretrained: bool) -> None:
     """The trained parameters; all of them when the backbone's weights cannot be rebuilt (random or scratch)."""
     state = model.state_dict()
     if pretrained:
@@ -22,7 +22,7 @@ def save_checkpoint(model: ImageClassifier, path: Path, pretrained: bool) -> Non
     torch.save(state, path)
 
 
-def load_model(model_dir: Path) -> ImageClassifier:
+def load_model(model_dir: Path) -> TransferModel:
     """Rebuild a version's torch model from its metadata and checkpoint."""
     meta = load_metadata(model_dir)
     t = meta["training"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from imgcls.loader import preprocessed_batches
 from imgcls.preprocess import Preprocess
-from training.models import ImageClassifier
+from training.models import TransferModel
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -26,7 +26,7 @@ class ExportError(RuntimeError):
 class _Exported(nn.Module):
     """Outputs ``probabilities`` (N, classes) and ``features`` (N, K, h, w), the last convolutional feature map."""
 
-    def __init__(self, model: ImageClassifier) -> None:
+    def __init__(self, model: TransferModel) -> None:
         super().__init__()
         self.model = model
 
@@ -43,7 +43,7 @@ def parity_batch(paths: list[Path], preprocess: Preprocess) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def export_onnx(model: ImageClassifier, path: Path, check_batch: np.ndarray, opset: int = 18) -> dict:
+def export_onnx(model: TransferModel, path: Path, check_batch: np.ndarray, opset: int = 18) -> dict:
     """Export ``model`` to ``path`` and compare ONNX Runtime with torch on ``check_batch`` (real, preprocessed).
 
     Raises :class:`ExportError` when the largest absolute difference of probabilities exceeds 1e-4.
@@ -78,7 +78,7 @@ def export_onnx(model: ImageClassifier, path: Path, check_batch: np.ndarray, ops
             "max_abs_diff_features": fmap_diff}
 
 
-def head_weights(model: ImageClassifier) -> dict[str, np.ndarray] | None:
+def head_weights(model: TransferModel) -> dict[str, np.ndarray] | None:
     """The linear head's weights (for CAMs computed with numpy at serving time), when the head is linear."""
     linear = model.linear_head
     if linear is None:

@@ -33,7 +33,7 @@ from imgcls.images import ImageError, decode_image
 from imgcls.onnx_model import providers_for
 from imgcls.registry import sha256_file
 from training.data import Sample
-from training.models import ImageClassifier
+from training.models import TransferModel
 from training.presets import ClassificationPresetEval, ClassificationPresetTrain
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _collate(batch):
 class _Frozen(nn.Module):
     """The frozen part: the body's feature map (when the last block trains) or the pooled last feature map."""
 
-    def __init__(self, model: ImageClassifier, cut: str) -> None:
+    def __init__(self, model: TransferModel, cut: str) -> None:
         super().__init__()
         self.body, self.last, self.pool, self.cut = model.body, model.last, model.pool, cut
 
@@ -84,7 +84,7 @@ class _Frozen(nn.Module):
         return out if self.cut == "body" else self.pool(self.last(out))
 
 
-def frozen_onnx(model: ImageClassifier, cut: str, folder: Path, opset: int = 18) -> Path:
+def frozen_onnx(model: TransferModel, cut: str, folder: Path, opset: int = 18) -> Path:
     """The frozen part of ``model`` as an ONNX file in ``folder``, exported (and checked against torch) only when
     no file for the same architecture, weights, cut and input size is there yet."""
     frozen = _Frozen(model, cut).eval()
@@ -131,7 +131,7 @@ class FeatureExtractor:
 
     ``frozen_dir`` holds the frozen part's ONNX export (default: a temporary folder, exported again each run)."""
 
-    def __init__(self, model: ImageClassifier, cache_dir: Path | None, batch_size: int = 32,
+    def __init__(self, model: TransferModel, cache_dir: Path | None, batch_size: int = 32,
                  frozen_dir: Path | None = None) -> None:
         self.model = model.eval()
         self.batch_size = batch_size

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.features import Features
-from training.models import ImageClassifier
+from training.models import TransferModel
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,14 @@ class FitConfig:
     seed: int = 0
 
 
-def _trainable_forward(model: ImageClassifier, x: torch.Tensor) -> torch.Tensor:
+def _trainable_forward(model: TransferModel, x: torch.Tensor) -> torch.Tensor:
     """Logits from cached features: pooled vectors, or the body's output when the last block trains too."""
     if model.unfreeze_last_block:
         return model.head(model.pool(model.last(x)))
     return model.head(x)
 
 
-def _evaluate(model: ImageClassifier, feats: Features, batch_size: int = 256) -> tuple[float, float]:
+def _evaluate(model: TransferModel, feats: Features, batch_size: int = 256) -> tuple[float, float]:
     model.eval()
     loss, correct = 0.0, 0
     with torch.inference_mode():
@@ -50,7 +50,7 @@ def _evaluate(model: ImageClassifier, feats: Features, batch_size: int = 256) ->
     return loss / n, correct / n
 
 
-def fit(model: ImageClassifier, train_views: list[Features], val: Features, cfg: FitConfig) -> list[dict]:
+def fit(model: TransferModel, train_views: list[Features], val: Features, cfg: FitConfig) -> list[dict]:
     """Train on ``train_views`` (each epoch draws one view per image at random); restore the best val-loss epoch.
 
     Returns the per-epoch history (train/val loss and accuracy).

@@ -35,7 +35,7 @@ class Backbone:
     imagenet_head: tuple[np.ndarray, np.ndarray] | None = None
 
 
-class ImageClassifier(nn.Module):
+class TransferModel(nn.Module):
     """``head(pool(last(body(x))))``; ``features(x)`` is the last convolutional feature map."""
 
     def __init__(self, backbone: Backbone, num_classes: int, *, dropout: float = 0.2,
@@ -55,7 +55,7 @@ class ImageClassifier(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(trainable)
 
-    def train(self, mode: bool = True) -> "ImageClassifier":
+    def train(self, mode: bool = True) -> "TransferModel":
         super().train(mode)
         if not self.trainable_body:  # pretrained parts keep their batch-norm statistics
             self.body.eval()
@@ -210,7 +210,7 @@ BACKBONES: dict[str, Callable[[Path | None, bool], Backbone]] = {
 
 
 def create_model(name: str, num_classes: int, *, weights: Path | None = None, random_init: bool = False,
-                 dropout: float = 0.2, unfreeze_last_block: bool = False) -> ImageClassifier:
+                 dropout: float = 0.2, unfreeze_last_block: bool = False) -> TransferModel:
     """The factory between scripts and library code: a backbone by name with a new ``num_classes`` head."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
@@ -219,5 +219,5 @@ def create_model(name: str, num_classes: int, *, weights: Path | None = None, ra
         head = nn.Sequential(nn.Dropout(0.3), nn.Linear(backbone.channels * 16, 256), nn.ReLU(inplace=True),
                              nn.Dropout(0.5), nn.Linear(256, num_classes))
         pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        return ImageClassifier(backbone, num_classes, head=head, pool=pool, trainable_body=True)
-    return ImageClassifier(backbone, num_classes, dropout=dropout, unfreeze_last_block=unfreeze_last_block)
+        return TransferModel(backbone, num_classes, head=head, pool=pool, trainable_body=True)
+    return TransferModel(backbone, num_classes, dropout=dropout, unfreeze_last_block=unfreeze_last_block)

@@ -22,7 +22,7 @@ from torch import nn
 
 from imgcls.novelty import NOVELTY_FILE, NoveltyDetector, l2_normalize
 from training.features import Features
-from training.models import ImageClassifier
+from training.models import TransferModel
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class OpenSetConfig:
 # -- embeddings and logits from cached features -------------------------------------------------------------------
 
 @torch.inference_mode()
-def embeddings(model: ImageClassifier, feats: Features, batch_size: int = 256) -> np.ndarray:
+def embeddings(model: TransferModel, feats: Features, batch_size: int = 256) -> np.ndarray:
     """The pooled last feature map (N, C) of cached features, whatever the extractor cut at (pooled or body)."""
     x = feats.x
     if x.ndim == 2 and isinstance(model.pool[0], nn.AdaptiveAvgPool2d) and model.pool[0].output_size in (1, (1, 1)):
@@ -47,7 +47,7 @@ def embeddings(model: ImageClassifier, feats: Features, batch_size: int = 256) -
 
 
 @torch.inference_mode()
-def head_logits(model: ImageClassifier, feats: Features, batch_size: int = 256) -> np.ndarray:
+def head_logits(model: TransferModel, feats: Features, batch_size: int = 256) -> np.ndarray:
     """The head's logits for cached features (eval mode: no dropout)."""
     from training.fit import _trainable_forward
 
@@ -82,7 +82,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(best.x)) if best.fun <= nll(0.0) else 1.0
 
 
-def apply_temperature(model: ImageClassifier, temperature: float) -> None:
+def apply_temperature(model: TransferModel, temperature: float) -> None:
     """Divide the head's last linear layer by ``temperature``: its logits become ``logits / T``."""
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
@@ -217,7 +217,7 @@ def open_set_metrics(known: np.ndarray, other: np.ndarray) -> dict[str, float | 
     return result
 
 
-def calibrate_and_fit(model: ImageClassifier, train: Features, val: Features, n_classes: int,
+def calibrate_and_fit(model: TransferModel, train: Features, val: Features, n_classes: int,
                       cfg: OpenSetConfig) -> tuple[NoveltyDetector, dict[str, Any]]:
     """After the head is trained: fold the validation-fitted temperature into it, fit the open-set detector.
 

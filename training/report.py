@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from imgcls.cam import class_activation_map  # noqa: E402
 from imgcls.images import decode_image  # noqa: E402
 from training import openset_report  # noqa: E402
-from training.models import ImageClassifier  # noqa: E402
+from training.models import TransferModel  # noqa: E402
 
 
 def learning_curves(history: list[dict], out: Path) -> None:
@@ -46,7 +46,7 @@ def confusion(matrix: list[list[int]], classes: list[str], out: Path) -> None:
     plt.close(fig)
 
 
-def first_layer_filters(model: ImageClassifier, out: Path) -> None:
+def first_layer_filters(model: TransferModel, out: Path) -> None:
     w = model.first_conv().weight.detach().float().numpy()  # (out, in, k, k)
     n = min(32, w.shape[0])
     cols = 8
@@ -61,7 +61,7 @@ def first_layer_filters(model: ImageClassifier, out: Path) -> None:
     plt.close(fig)
 
 
-def feature_maps(model: ImageClassifier, image: np.ndarray, out: Path) -> None:
+def feature_maps(model: TransferModel, image: np.ndarray, out: Path) -> None:
     """The first convolution's activations for one preprocessed image."""
     with torch.inference_mode():
         maps = model.first_conv()(torch.from_numpy(image[None]))[0].numpy()
@@ -75,7 +75,7 @@ def feature_maps(model: ImageClassifier, image: np.ndarray, out: Path) -> None:
     plt.close(fig)
 
 
-def class_activation_maps(model: ImageClassifier, paths: list[Path], classes: list[str], out: Path) -> None:
+def class_activation_maps(model: TransferModel, paths: list[Path], classes: list[str], out: Path) -> None:
     """Each image with the CAM of its predicted class (head weights over the last feature map)."""
     linear = model.linear_head
     if linear is None or not paths:
@@ -99,7 +99,7 @@ def class_activation_maps(model: ImageClassifier, paths: list[Path], classes: li
     plt.close(fig)
 
 
-def write_report(out: Path, meta: dict, history: list[dict], model: ImageClassifier | None,
+def write_report(out: Path, meta: dict, history: list[dict], model: TransferModel | None,
                  cam_paths: list[Path]) -> None:
     """metrics.json, report.md and PNG plots into ``out``."""
     out.mkdir(parents=True, exist_ok=True)

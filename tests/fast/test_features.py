@@ -10,17 +10,17 @@ from torch import nn
 
 from imgcls.preprocess import Preprocess
 from training.features import FeatureExtractor
-from training.models import Backbone, ImageClassifier
+from training.models import Backbone, TransferModel
 
 PRE = Preprocess(24, 28, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 
-def tiny_model(seed: int, unfreeze_last_block: bool = False) -> ImageClassifier:
+def tiny_model(seed: int, unfreeze_last_block: bool = False) -> TransferModel:
     torch.manual_seed(seed)
     body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU6())
     last = nn.Sequential(nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU6())
     body[1].running_mean.uniform_(-0.5, 0.5)  # non-trivial batch-norm statistics, as a pretrained body has
-    return ImageClassifier(Backbone(body, last, 8, PRE, f"tiny-{seed}", False), 2,
+    return TransferModel(Backbone(body, last, 8, PRE, f"tiny-{seed}", False), 2,
                            unfreeze_last_block=unfreeze_last_block)
 
 
@@ -35,7 +35,7 @@ def images(folder: Path, n: int = 5) -> list[tuple[Path, int]]:
     return out
 
 
-def eager(model: ImageClassifier, samples: list[tuple[Path, int]], cut: str) -> np.ndarray:
+def eager(model: TransferModel, samples: list[tuple[Path, int]], cut: str) -> np.ndarray:
     x = torch.from_numpy(np.stack([PRE(Image.open(p).convert("RGB")) for p, _ in samples]))
     with torch.inference_mode():
         out = model.body(x)
