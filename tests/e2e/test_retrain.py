@@ -78,10 +78,10 @@ def test_more_data_and_feedback_beat_the_base_and_get_promoted(world, tmp_path: 
     base = reg.current()
     feedback = [(c, p) for c in CLASSES for p in _photos("train", c)[200:202]]
     leaked = ("cat", world["orig"] / "test" / "cat" / _photos("test", "cat")[0].name)  # an evaluation photo
-    with serve(art, tmp_path / "server.log") as url:
+    with serve(art, tmp_path / "server.log", FEEDBACK_TOKEN="retrain-test") as url:
         for label, path in [*feedback, leaked]:
             r = httpx.post(f"{url}/feedback", files={"image": (path.name, path.read_bytes(), "image/jpeg")},
-                           data={"label": label}, timeout=60)
+                           data={"label": label}, headers={"Authorization": "Bearer retrain-test"}, timeout=60)
             assert r.status_code == 201, r.text
 
     out = run_cli("retrain", "--data", str(world["new"]), artifacts=art).stdout
