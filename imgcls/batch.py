@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from imgcls.images import IMAGE_SUFFIXES
 from imgcls.loader import Failure, preprocessed_batches
+from imgcls.novelty import is_known
 from imgcls.onnx_model import VARIANTS, DeviceError, OnnxClassifier
 from imgcls.registry import ModelError, Registry, default_root, verify
 
@@ -116,7 +117,7 @@ def prediction_row(path: str, probs: np.ndarray, labels: list[str], version: str
     model version without an open-set detector."""
     top = int(np.argmax(probs))
     return {"path": path, "label": labels[top], "score": float(probs[top]),
-            "known": None if novelty is None else bool(novelty <= 1.0),
+            "known": None if novelty is None else bool(is_known(novelty)),
             # 6 decimals: the score's last float digits depend on how images were batched (BLAS), not on the image
             "novelty": None if novelty is None else round(float(novelty), 6),
             "probabilities": {label: float(p) for label, p in zip(labels, probs)},

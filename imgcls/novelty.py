@@ -25,6 +25,11 @@ NOVELTY_FILE = "novelty.npz"
 SCORES = ("density", "imagenet")
 
 
+def is_known(novelty: float | np.ndarray) -> bool | np.ndarray:
+    """Whether an image with this ``novelty`` counts as one of the model's classes: the one place the rule lives."""
+    return novelty <= 1.0
+
+
 def embed(fmap: np.ndarray) -> np.ndarray:
     """The pooled embedding (N, C) of a feature map (N, C, h, w): what the head and the scores see."""
     return fmap.reshape(fmap.shape[0], fmap.shape[1], -1).mean(axis=2, dtype=np.float64)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.cam import class_activation_map
-from imgcls.novelty import NoveltyDetector, embed
+from imgcls.novelty import NoveltyDetector, embed, is_known
 from imgcls.preprocess import Preprocess
 from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, default_root, verify
 
@@ -196,7 +196,7 @@ class OnnxClassifier:
             return Classified(self.predict(batch), None, None)
         probs, fmap = self.predict_with_features(batch)
         novelty = self.detector.novelty(embed(fmap))
-        return Classified(probs, novelty, novelty <= 1.0)
+        return Classified(probs, novelty, is_known(novelty))
 
     def class_activation_map(self, fmap: np.ndarray, class_index: int) -> np.ndarray:
         """CAM for one image's feature map (K, h, w): the head's class weights over channels, scaled to [0, 1]."""

@@ -32,7 +32,7 @@ def write_reference(model_dir: Path, inputs: np.ndarray, metadata: dict[str, Any
     for variant in available_variants(model_dir, metadata):
         model = OnnxClassifier(model_dir, device="cpu", metadata=metadata, variant=variant)
         probs = model.predict(x.astype(np.float32))
-        _check_outputs(probs, len(x), len(model.labels), model.version)
+        check_probabilities(probs, len(x), len(model.labels), model.version)
         arrays[_key(variant)] = probs.astype(np.float32)
     np.savez_compressed(model_dir / REFERENCE_FILE, **arrays)
     return {"file": REFERENCE_FILE, "images": int(len(x)), "atol": ATOL,
@@ -77,7 +77,7 @@ def check_reference(model: OnnxClassifier | Path | str, *, atol: float | None = 
         probs = model.predict(x)
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"model {model.version} fails on its reference batch: {e}") from e
-    _check_outputs(probs, len(x), len(model.labels), model.version)
+    check_probabilities(probs, len(x), len(model.labels), model.version)
     if expected is not None:
         tolerance = atol if atol is not None else (10 * ATOL if model.variant == "fp16" else ATOL)
         diff = float(np.abs(probs - expected).max())
@@ -86,11 +86,13 @@ def check_reference(model: OnnxClassifier | Path | str, *, atol: float | None = 
                              f"{diff:.2e} > {tolerance:.0e} (damaged or replaced weights)")
 
 
-def _check_outputs(probs: np.ndarray, n: int, n_labels: int, version: str) -> None:
+def check_probabilities(probs: np.ndarray, n: int, n_labels: int, version: str) -> None:
+    """Raise :class:`ModelError` unless ``probs`` are ``n`` rows of finite probabilities over ``n_labels`` classes,
+    each summing to 1: the check of every reference batch, and of every batch the service answers."""
     if probs.shape != (n, n_labels):
         raise ModelError(f"model {version} gives probabilities of shape {probs.shape}, not ({n}, {n_labels})")
     if not np.isfinite(probs).all():
-        raise ModelError(f"model {version} gives non-finite probabilities (NaN or inf) on its reference batch")
+        raise ModelError(f"model {version} gives non-finite probabilities (NaN or inf)")
     worst = float(np.abs(probs.sum(axis=1) - 1).max())
     if worst > 1e-3:
         raise ModelError(f"model {version}'s probabilities do not sum to 1 (off by {worst:.2e})")

@@ -13,15 +13,16 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from imgcls.novelty import embed
+from imgcls.novelty import embed, is_known
 from imgcls.onnx_model import OnnxClassifier, providers_for
+from imgcls.reference import check_probabilities
 from imgcls.registry import public_metadata
 from service.config import Config
 from service.errors import ApiError
 from service.lifecycle import exit_with_parent, linger_after_sigterm
 from service.logs import configure_json_logging
 from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_ERRORS
-from service.model_holder import ModelHolder, check_outputs
+from service.model_holder import ModelHolder
 
 log = logging.getLogger("imgcls.inference")
 CONFIG = Config.from_env()
@@ -80,7 +81,7 @@ class ModelService:
         try:
             answer = model.classify(batch)  # calibrated probabilities, and novelty where the version has a detector
             probs = answer.probabilities
-            check_outputs(model, probs)
+            check_probabilities(probs, len(batch), len(model.labels), model.version)
         except Exception as e:  # noqa: BLE001 - a failing model must not answer, nor keep serving
             MODEL_ERRORS.labels(version=model.version).inc()
             self.holder.withdraw(model, f"inference failed: {e}")
@@ -108,12 +109,12 @@ class ModelService:
                 return {"error": "stale_input", "input_size": size, "resize_size": model.preprocess.resize_size}
             x = model.preprocess.normalize(crop)[None]
             probs, fmap = model.predict_with_features(x)
-            check_outputs(model, probs)
+            check_probabilities(probs, 1, len(model.labels), model.version)
             novelty = None if model.detector is None else float(model.detector.novelty(embed(fmap))[0])
         except ApiError as e:
             return {"error": e.reason, "detail": e.message, "status": e.status}
         index = model.labels.index(label) if label else int(probs[0].argmax())
-        extra = {} if novelty is None else {"novelty": novelty, "known": novelty <= 1.0}
+        extra = {} if novelty is None else {"novelty": novelty, "known": is_known(novelty)}
         return _answer(model, probs[0], {"index": index, "cam": model.class_activation_map(fmap[0], index), **extra})
 
     @bentoml.api

@@ -25,16 +25,6 @@ from service.metrics import MODEL_INFO, RELOAD_FAILURES
 log = logging.getLogger("imgcls.model")
 
 
-def check_outputs(model: OnnxClassifier, probs: np.ndarray) -> None:
-    """Raise :class:`ModelError` unless ``probs`` are finite probabilities (each row sums to one)."""
-    if probs.ndim != 2 or probs.shape[1] != len(model.labels):
-        raise ModelError(f"model {model.version} gave outputs of shape {probs.shape} for {len(model.labels)} labels")
-    if not np.isfinite(probs).all():
-        raise ModelError(f"model {model.version} gives non-finite probabilities")
-    if not np.allclose(probs.sum(axis=1), 1.0, atol=1e-3):
-        raise ModelError(f"model {model.version} gives probabilities that do not sum to 1")
-
-
 class ModelHolder:
     """Holds the serving :class:`OnnxClassifier`; ``model`` raises a 503 ``ApiError`` while there is none."""
 

@@ -196,11 +196,11 @@ class ImageClassifier:
         """The class activation map of the predicted class (or ``label``) over the model's centre crop, as a PNG;
         ``format=json`` gives the raw map instead. Headers ``x-label``, ``x-score``, ``x-model-version``."""
         data = image.read_bytes()
-        img, crop = await self._decode(data)
+        crop = await self._decode(data)
         answer = await self._call_model("explain", crop=crop, label=label)
         if answer.get("error") == "stale_input":
             self._sizes = (answer["resize_size"], answer["input_size"])
-            img, crop = await self._decode(data)
+            crop = await self._decode(data)
             answer = await self._call_model("explain", crop=crop, label=label)
         _raise_for(answer)
         index, probs, cam = answer["index"], np.asarray(answer["probs"]), np.asarray(answer["cam"])
@@ -286,8 +286,8 @@ class ImageClassifier:
         self._sizes = (int(pre["resize_size"]), int(pre["input_size"]))
         return answer
 
-    async def _decode(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
-        """Decode and centre-crop at the served model's size: (decoded image, uint8 HWC crop).
+    async def _decode(self, data: bytes) -> np.ndarray:
+        """Decode and centre-crop at the served model's size: the uint8 HWC crop the model service normalises.
 
         The header is read first: an image that costs more than ``COSTLY_PIXELS`` to decode (JPEGs count at
         their reduced decoding scale) waits for the one-slot slow lane, so a client looping large PNGs or WebPs
@@ -300,12 +300,11 @@ class ImageClassifier:
                          max_pixels_full=self.config.max_pixels_full)
         costly = img.size[0] * img.size[1] > COSTLY_PIXELS
 
-        def work() -> tuple[Image.Image, np.ndarray]:
+        def work() -> np.ndarray:
             start = time.perf_counter()
-            decoded = finish_decode(img)
-            crop = np.asarray(preprocess.resize_crop(decoded))
+            crop = np.asarray(preprocess.resize_crop(finish_decode(img)))
             DECODE_SECONDS.observe(time.perf_counter() - start)
-            return decoded, crop
+            return crop
 
         if costly:
             async with self.slow_lane:
@@ -317,11 +316,11 @@ class ImageClassifier:
             raise overloaded()
         self.in_flight += 1
         try:
-            _, crop = await self._decode(data)
+            crop = await self._decode(data)
             answer = await self.coalescer.submit(crop)
             if answer.get("error") == "stale_input":  # the model was swapped for one of another input size
                 self._sizes = (answer["resize_size"], answer["input_size"])
-                _, crop = await self._decode(data)
+                crop = await self._decode(data)
                 answer = await self.coalescer.submit(crop)
         finally:
             self.in_flight -= 1

@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,6 @@
 """Data discovery: the three folder layouts, Oxford-IIIT Pet's layout, deterministic stratified splits."""
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np

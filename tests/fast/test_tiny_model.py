@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 
 from imgcls.registry import Registry
 from tests.conftest import TINY_CLASSES, TINY_NOT_AN_IMAGE, TINY_PER_SPLIT, TINY_TRUNCATED
