@@ -84,6 +84,20 @@ def gpu_visible() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
 
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options of every session the project opens (``threads``: intra-op, default per core)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle intra-op threads sleep instead of busy-waiting: on a few cores they would otherwise take CPU from
+    # the threads that decode the next images (bench/bench_batch.py measured 4-20% more throughput).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """The CPU has VNNI or AMX int8 instructions (read from /proc/cpuinfo; False where it cannot be read)."""
     try:
@@ -139,13 +153,7 @@ class OnnxClassifier:
         self.version: str = self.metadata["version"]
         self.labels: list[str] = list(self.metadata["labels"])
         self.preprocess = Preprocess.from_dict(self.metadata["preprocessing"])
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Idle intra-op threads sleep instead of busy-waiting: on a few cores they would otherwise take CPU from
-        # the threads that decode the next images (bench/bench_batch.py measured 4-20% more throughput).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts = session_options(threads)
         providers = providers_for(device, tensorrt_cache_from_env())
         available = available_variants(self.model_dir, self.metadata)
         wants_cuda = "CUDAExecutionProvider" in providers

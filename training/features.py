@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from imgcls.images import ImageError, decode_image
-from imgcls.onnx_model import providers_for
+from imgcls.onnx_model import providers_for, session_options
 from imgcls.registry import sha256_file
 from training.data import Sample
 from training.models import TransferModel
@@ -121,9 +121,7 @@ def frozen_onnx(model: TransferModel, cut: str, folder: Path, opset: int = 18) -
 def _session(path: Path):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave idle cores to the decoders
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers_for("auto"))
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=providers_for("auto"))
 
 
 class FeatureExtractor:
