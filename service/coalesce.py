@@ -19,6 +19,8 @@ class Coalescer:
         self.send, self.max_batch, self.max_in_flight = send, max_batch, max_in_flight
         self.pending: list[tuple[Any, asyncio.Future]] = []
         self.in_flight = 0
+        self._calls: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks: without these a
+        # call could be garbage-collected mid-flight and its waiters would wait for ever
 
     async def submit(self, item: Any) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -30,7 +32,9 @@ class Coalescer:
         while self.pending and self.in_flight < self.max_in_flight:
             batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch:]
             self.in_flight += 1
-            asyncio.get_running_loop().create_task(self._call(batch))
+            task = asyncio.get_running_loop().create_task(self._call(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
 
     async def _call(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         try:
