@@ -2,7 +2,7 @@
 
     python -m bench.bench_serving [--model current] [--clients 16] [--requests 600] [--json FILE]
 
-Prints: throughput with N concurrent clients (our BentoML service; the in-process pipeline, decode threads +
+Prints: throughput with N concurrent clients (our BentoML service, in one process and split in two; the in-process pipeline, decode threads +
 ONNX Runtime, at each batch size in --batch-sizes, compared at its best; the naive FastAPI + torch eager server) and
 unloaded single-request latency against in-process latency.
 Targets: HTTP >= 0.8 x in-process at its best batch size, >= 2 x naive; unloaded p50 <= in-process p50 + 10 ms.
@@ -25,6 +25,10 @@ from imgcls.live_server import free_port, metric, server_process
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import Registry
+
+
+SERVICES = {"http": "service.service:ImageClassifier",  # the default: one process
+            "split": "service.split:ImageClassifierSplit"}  # the API and a model service (bentoml.depends)
 
 
 def in_process_latency(model: OnnxClassifier, bodies: list[bytes]) -> list[float]:
@@ -52,6 +56,8 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=600)
     p.add_argument("--batch-sizes", default="1,4,8,16,32", help="in-process batch sizes to try")
+    p.add_argument("--services", default="http,split", help="which of our topologies to serve: http (one process, "
+                   "the default service) and split (API + model service); ratios are of the first")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -67,25 +73,25 @@ def main() -> None:
 
     env = {"ARTIFACTS_DIR": str(registry.root), "MODEL": str(model_dir), "MODEL_POLL_S": "0",
            "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / "bench_serving.log"
-    cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1",
-           "--port", str(port)]
-    with server_process(cmd, port, env, log) as url:
-        load(url, bodies[:64], args.clients, 128)  # warm-up
-        unloaded = []
-        with httpx.Client() as c:
-            for body in bodies[:100]:
-                start = time.perf_counter()
-                c.post(f"{url}/classify", content=body, headers={"Content-Type": "image/jpeg"}).raise_for_status()
-                unloaded.append(time.perf_counter() - start)
-        before = httpx.get(f"{url}/metrics").text
-        http = load(url, bodies, args.clients, args.requests)
-        after = httpx.get(f"{url}/metrics").text
-    batches = metric(after, "imgcls_model_batch_size_count") - metric(before, "imgcls_model_batch_size_count")
-    images = metric(after, "imgcls_model_batch_size_sum") - metric(before, "imgcls_model_batch_size_sum")
-    mean_batch = images / batches
-    results["http"] = {**http, "mean_batch_size": mean_batch, "unloaded_p50_ms": pct(unloaded, 50)}
+    for name, target in [(s, t) for s, t in SERVICES.items() if s in args.services.split(",")]:
+        port = free_port()
+        log = Path(tempfile.gettempdir()) / f"bench_serving_{name}.log"
+        cmd = [sys.executable, "-m", "imgcls", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+        with server_process(cmd, port, env, log) as url:
+            load(url, bodies[:64], args.clients, 128)  # warm-up
+            unloaded = []
+            with httpx.Client() as c:
+                for body in bodies[:100]:
+                    start = time.perf_counter()
+                    c.post(f"{url}/classify", content=body, headers={"Content-Type": "image/jpeg"}).raise_for_status()
+                    unloaded.append(time.perf_counter() - start)
+            before = httpx.get(f"{url}/metrics").text
+            http = load(url, bodies, args.clients, args.requests)
+            after = httpx.get(f"{url}/metrics").text
+        batches = metric(after, "imgcls_model_batch_size_count") - metric(before, "imgcls_model_batch_size_count")
+        images = metric(after, "imgcls_model_batch_size_sum") - metric(before, "imgcls_model_batch_size_sum")
+        results[name] = {"service": target, **http, "mean_batch_size": images / batches,
+                         "unloaded_p50_ms": pct(unloaded, 50)}
 
     in_process_latency(model, bodies[:10])
     local = in_process_latency(model, bodies[:100])
@@ -100,19 +106,25 @@ def main() -> None:
             load(url, bodies[:16], args.clients, 32)
             results["naive"] = load(url, bodies, args.clients, args.requests // 2)
 
-    rps, local_ips = results["http"]["rps"], results["in_process"]["images_per_s"]
+    local_ips = results["in_process"]["images_per_s"]
+    main_name = next(name for name in SERVICES if name in results)
+    rps = results[main_name]["rps"]
     results["ratios"] = {"http_vs_in_process": rps / local_ips,
-                         "unloaded_p50_minus_in_process_ms": results["http"]["unloaded_p50_ms"] - pct(local, 50)}
+                         "unloaded_p50_minus_in_process_ms": results[main_name]["unloaded_p50_ms"] - pct(local, 50)}
+    if "split" in results and main_name != "split":
+        results["ratios"]["split_http_vs_in_process"] = results["split"]["rps"] / local_ips
     if "naive" in results:
         results["ratios"]["http_vs_naive"] = rps / results["naive"]["rps"]
     print(f"model {model.version} on {model.providers[0]}, {os.cpu_count()} CPUs, {args.clients} clients")
-    print(f"HTTP service      {rps:8.1f} req/s  (mean model batch {mean_batch:.1f}, failures {http['failures']}, "
-          f"p50 {http['p50_ms']:.1f} ms, p99 {http['p99_ms']:.1f} ms)")
+    for name in (n for n in SERVICES if n in results):
+        r = results[name]
+        print(f"HTTP {name:12} {r['rps']:8.1f} req/s  (mean model batch {r['mean_batch_size']:.1f}, failures "
+              f"{r['failures']}, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; {r['service']})")
     print(f"in-process        {local_ips:8.1f} img/s  (best batch size {best}; by size: "
           + ", ".join(f"{b}: {v:.0f}" for b, v in by_size.items()) + ")")
     if "naive" in results:
         print(f"naive torch HTTP  {results['naive']['rps']:8.1f} req/s  (failures {results['naive']['failures']})")
-    print(f"unloaded latency  p50 {results['http']['unloaded_p50_ms']:.1f} ms over HTTP vs "
+    print(f"unloaded latency  p50 {results[main_name]['unloaded_p50_ms']:.1f} ms over HTTP vs "
           f"{pct(local, 50):.1f} ms in-process")
     for k, v in results["ratios"].items():
         print(f"{k:34} {v:.2f}")

@@ -1,8 +1,9 @@
-"""The model service: ONNX Runtime behind BentoML's adaptive batching, one process that owns the session.
+"""Inference on the served model: :class:`Inference` (plain Python, used in process by the API service) and
+:class:`ModelService`, the same methods as a BentoML service for the split topology (service/split.py).
 
-The API service (service/service.py) decodes and crops images and calls :meth:`ModelService.infer` through
-``bentoml.depends``; concurrent calls are merged into model batches by BentoML (``batchable=True``). On a GPU host
-the two scale apart: decoding on CPU workers, inference here.
+:meth:`Inference.infer` takes uint8 crops already decoded and cropped by the API; it normalises them, runs one
+ONNX Runtime batch and checks the outputs. Answers are dicts (``{"error": ...}`` for failures), so a batch never
+fails as a whole for one caller's sake and the same answers cross a process boundary unchanged.
 """
 from __future__ import annotations
 
@@ -33,32 +34,23 @@ def _answer(model: OnnxClassifier, probs: np.ndarray, extra: dict[str, Any] | No
             "labels": model.labels, "probs": probs, **(extra or {})}
 
 
-@bentoml.service(
-    name="image_classifier_model",
-    workers=1,  # one process owns the ONNX Runtime session; its threads use every core (or the GPU)
-    traffic={"timeout": 60},
-    metrics={"enabled": False},  # service/metrics.py
-    logging={"access": {"enabled": False}},
-)
-class ModelService:
-    """Loads the model named by ``MODEL`` (warm and checked before ``/readyz``) and follows promotions."""
+class Inference:
+    """Loads the model named by ``MODEL`` (warm and checked before it serves) and follows promotions."""
 
-    def __init__(self) -> None:
-        configure_json_logging()
-        exit_with_parent()
-        linger_after_sigterm(CONFIG.shutdown_grace_s)
-        providers_for(CONFIG.device)  # DEVICE=cuda without a usable CUDA provider stops the start-up here
-        self.holder = ModelHolder(CONFIG)
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        providers_for(config.device)  # DEVICE=cuda without a usable CUDA provider stops the start-up here
+        self.holder = ModelHolder(config)
         try:
             self.holder.reload()
         except ApiError as e:
             log.error("no model loaded at start: %s", e.message)
         self.holder.start_watching()
 
-    def __is_ready__(self) -> bool:
+    @property
+    def ready(self) -> bool:
         return self.holder.ready
 
-    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
     def infer(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
         """Class probabilities for uint8 HWC crops at the model's input size, one answer per crop.
 
@@ -94,7 +86,6 @@ class ModelService:
                              {"novelty": round(float(answer.novelty[j]), 6), "known": bool(answer.known[j])})
         return out
 
-    @bentoml.api
     def explain(self, crop: np.ndarray, label: str | None = None) -> dict[str, Any]:
         """Probabilities and the class activation map (h, w in [0, 1]) of ``label`` (default: the top class)."""
         try:
@@ -117,7 +108,6 @@ class ModelService:
         extra = {} if novelty is None else {"novelty": novelty, "known": is_known(novelty)}
         return _answer(model, probs[0], {"index": index, "cam": model.class_activation_map(fmap[0], index), **extra})
 
-    @bentoml.api
     def describe(self) -> dict[str, Any]:
         """The served version's metadata (trimmed) and the runtime it really uses."""
         try:
@@ -126,13 +116,53 @@ class ModelService:
             return {"error": e.reason, "detail": e.message, "status": e.status}
         meta = public_metadata(model.metadata)
         meta["runtime"] = {"providers": model.providers, "device": model.device,
-                           "variant": model.variant, "config": CONFIG.public()}
+                           "variant": model.variant, "config": self.config.public()}
         return meta
 
-    @bentoml.api
     def reload(self) -> dict[str, Any]:
         """Swap in the model ``MODEL`` names now."""
         try:
             return self.holder.reload()
         except ApiError as e:
             return {"error": e.reason, "detail": e.message, "status": e.status}
+
+
+@bentoml.service(
+    name="image_classifier_model",
+    workers=1,  # one process owns the ONNX Runtime session; its threads use every core (or the GPU)
+    traffic={"timeout": 60},
+    metrics={"enabled": False},  # service/metrics.py
+    logging={"access": {"enabled": False}},
+)
+class ModelService:
+    """:class:`Inference` as a BentoML service: ``infer`` is batchable, so BentoML's adaptive batching merges the
+    calls of the API workers into model batches (the split topology, service/split.py)."""
+
+    def __init__(self) -> None:
+        configure_json_logging()
+        exit_with_parent()
+        linger_after_sigterm(CONFIG.shutdown_grace_s)
+        self.model = Inference(CONFIG)
+
+    def __is_ready__(self) -> bool:
+        return self.model.ready
+
+    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    def infer(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Class probabilities for uint8 HWC crops at the model's input size, one answer per crop."""
+        return self.model.infer(crops)
+
+    @bentoml.api
+    def explain(self, crop: np.ndarray, label: str | None = None) -> dict[str, Any]:
+        """Probabilities and the class activation map of ``label`` (default: the top class)."""
+        return self.model.explain(crop, label)
+
+    @bentoml.api
+    def describe(self) -> dict[str, Any]:
+        """The served version's metadata (trimmed) and the runtime it really uses."""
+        return self.model.describe()
+
+    @bentoml.api
+    def reload(self) -> dict[str, Any]:
+        """Swap in the model ``MODEL`` names now."""
+        return self.model.reload()

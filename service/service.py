@@ -1,9 +1,9 @@
 """The HTTP API: ``bentoml serve service.service:ImageClassifier``.
 
 Typed BentoML endpoints (BentoML's client, its docs page at ``/`` and ``/docs.json`` all come from these
-signatures), decoding and cropping here, inference in :class:`service.inference.ModelService` through
-``bentoml.depends`` (adaptive batching). Every error is JSON ``{"error", "detail"}`` with a 4xx/503 status.
-Settings: service/config.py and the README.
+signatures), decoding and cropping here, inference in this process (:class:`service.model_client.LocalModel`);
+service/split.py serves the same API with the model in a separate BentoML service. Every error is JSON
+``{"error", "detail"}`` with a 4xx/503 status. Settings: service/config.py and the README.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import bentoml
-from bentoml.exceptions import BentoMLException
 import numpy as np
 from bentoml.validators import ContentType
 from PIL import Image
@@ -28,13 +27,12 @@ from imgcls.feedback import FeedbackRefused, FeedbackStore, RateLimiter
 from imgcls.images import ImageError, finish_decode, open_image
 from imgcls.preprocess import Preprocess
 from service.auth import bearer_matches
-from service.coalesce import Coalescer
 from service.config import Config
 from service.errors import ApiError, JsonErrors, overloaded
 from service.heatmap import overlay_png
-from service.inference import ModelService
 from service.lifecycle import exit_with_parent
 from service.logs import RequestIdAndAccessLog, configure_json_logging
+from service.model_client import LocalModel, RemoteModel
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, HttpMetrics, metrics_endpoint
 from service.uploads import UploadRequests, UploadRoute
 
@@ -115,7 +113,7 @@ async def _demo_page(request: Request) -> Response:
 
 async def _model_get(request: Request) -> Response:
     """GET /model: the same answer as POST /model (BentoML endpoints are POST)."""
-    svc: ImageClassifier = bentoml.get_current_service()
+    svc: ClassifierApi = bentoml.get_current_service()
     try:
         return JSONResponse(await svc._describe())
     except ApiError as e:
@@ -126,23 +124,25 @@ web = Starlette(routes=[Route("/demo", _demo_page), Route("/model", _model_get, 
                         Route("/metrics", metrics_endpoint)])
 
 
-@bentoml.service(
+SERVICE_OPTIONS = dict(
     name="image_classifier",
     workers=1,
     traffic={"timeout": 60},
     metrics={"enabled": False},  # service/metrics.py: BentoML's label each raw path (unbounded series)
     logging={"access": {"enabled": False}},  # service/logs.py writes one JSON line per request
 )
-@bentoml.asgi_app(web, path="/")
-class ImageClassifier:
-    """Cats vs dogs (or whatever labels the served model carries): classify, explain, take feedback."""
 
-    inference = bentoml.depends(ModelService)
 
-    def __init__(self) -> None:
+class ClassifierApi:
+    """Cats vs dogs (or whatever labels the served model carries): classify, explain, take feedback.
+
+    The endpoints, whichever way the model is reached (``self.model_client``: a LocalModel or a RemoteModel)."""
+
+    def __init__(self, model_client: LocalModel | RemoteModel) -> None:
         configure_json_logging()
         exit_with_parent()
         self.config = CONFIG
+        self.model_client = model_client
         self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory
         self.slow_lane = anyio.Semaphore(1)  # images that cost over COSTLY_PIXELS to decode, one at a time
         self.feedback_store = FeedbackStore(self.config.feedback_dir, max_bytes=self.config.feedback_max_bytes,
@@ -151,7 +151,6 @@ class ImageClassifier:
         self.feedback_limiter = RateLimiter(self.config.feedback_rate, self.config.feedback_burst)
         self.in_flight = 0
         self._sizes: tuple[int, int] | None = None  # (resize_size, input_size) of the served model
-        self.coalescer = Coalescer(lambda crops: self._call_model("infer", crops=crops), self.config.max_batch_size)
 
     # -- endpoints --------------------------------------------------------------------------------------------------
     @bentoml.api(route="/classify")
@@ -197,11 +196,11 @@ class ImageClassifier:
         ``format=json`` gives the raw map instead. Headers ``x-label``, ``x-score``, ``x-model-version``."""
         data = image.read_bytes()
         crop = await self._decode(data)
-        answer = await self._call_model("explain", crop=crop, label=label)
+        answer = await self.model_client.explain(crop, label)
         if answer.get("error") == "stale_input":
             self._sizes = (answer["resize_size"], answer["input_size"])
             crop = await self._decode(data)
-            answer = await self._call_model("explain", crop=crop, label=label)
+            answer = await self.model_client.explain(crop, label)
         _raise_for(answer)
         index, probs, cam = answer["index"], np.asarray(answer["probs"]), np.asarray(answer["cam"])
         name = answer["labels"][index]
@@ -255,32 +254,14 @@ class ImageClassifier:
             raise ApiError(403, "admin_disabled", "set ADMIN_TOKEN to enable /admin/reload")
         if not bearer_matches(ctx.request.headers.get("authorization"), self.config.admin_token):
             raise ApiError(401, "unauthorized", "missing or wrong bearer token")
-        answer = await self._call_model("reload")
+        answer = await self.model_client.reload()
         _raise_for(answer)
         self._sizes = None
         return answer
 
     # -- the classification path -----------------------------------------------------------------------------------
-    async def _call_model(self, method: str, **kwargs: Any) -> Any:
-        """Call the model service; a dropped connection (a keep-alive race) is retried once (every model call is
-        idempotent), and whatever still fails is a 503 with a reason, never a 500."""
-        call = getattr(self.inference.to_async, method)
-        for attempt in (1, 2):
-            try:
-                return await call(**kwargs)
-            except BentoMLException as e:
-                status = getattr(getattr(e, "error_code", None), "value", 503)
-                if status == 503:
-                    raise overloaded(f"the model service is overloaded: {e}") from e
-                raise ApiError(503, "model_unavailable", f"the model service failed: {e}", {"Retry-After": "1"}) from e
-            except Exception as e:  # noqa: BLE001 - transport errors of the client BentoML uses
-                if attempt == 2:
-                    raise ApiError(503, "model_unavailable", f"the model service did not answer: "
-                                                             f"{type(e).__name__}: {e}", {"Retry-After": "1"}) from e
-        raise AssertionError("unreachable")
-
     async def _describe(self) -> dict[str, Any]:
-        answer = await self._call_model("describe")
+        answer = await self.model_client.describe()
         _raise_for(answer)
         pre = answer["preprocessing"]
         self._sizes = (int(pre["resize_size"]), int(pre["input_size"]))
@@ -317,11 +298,11 @@ class ImageClassifier:
         self.in_flight += 1
         try:
             crop = await self._decode(data)
-            answer = await self.coalescer.submit(crop)
+            answer = await self.model_client.infer(crop)
             if answer.get("error") == "stale_input":  # the model was swapped for one of another input size
                 self._sizes = (answer["resize_size"], answer["input_size"])
                 crop = await self._decode(data)
-                answer = await self.coalescer.submit(crop)
+                answer = await self.model_client.infer(crop)
         finally:
             self.in_flight -= 1
         _raise_for(answer)
@@ -359,9 +340,25 @@ def _classification(answer: dict[str, Any], k: int | None) -> Classification:
         novelty=None if answer.get("novelty") is None else float(answer["novelty"]))
 
 
-# Outermost first: metrics and the request id see every request; errors are reshaped inside them.
-ImageClassifier.add_asgi_middleware(HttpMetrics, endpoints=KNOWN_PATHS)
-ImageClassifier.add_asgi_middleware(RequestIdAndAccessLog)
-ImageClassifier.add_asgi_middleware(JsonErrors)
-ImageClassifier.add_asgi_middleware(UploadRequests, routes=UPLOAD_ROUTES, max_body_bytes=CONFIG.max_body_bytes,
-                                    stall_timeout_s=CONFIG.stall_timeout_s)
+def with_middlewares(svc):
+    """The HTTP layers every topology shares. Outermost first: metrics and the request id see every request;
+    errors are reshaped inside them."""
+    svc.add_asgi_middleware(HttpMetrics, endpoints=KNOWN_PATHS)
+    svc.add_asgi_middleware(RequestIdAndAccessLog)
+    svc.add_asgi_middleware(JsonErrors)
+    svc.add_asgi_middleware(UploadRequests, routes=UPLOAD_ROUTES, max_body_bytes=CONFIG.max_body_bytes,
+                            stall_timeout_s=CONFIG.stall_timeout_s)
+    return svc
+
+
+@with_middlewares
+@bentoml.service(**SERVICE_OPTIONS)
+@bentoml.asgi_app(web, path="/")
+class ImageClassifier(ClassifierApi):
+    """The service in one process: the API decodes, and ONNX Runtime runs the coalesced batches beside it."""
+
+    def __init__(self) -> None:
+        super().__init__(LocalModel(CONFIG))
+
+    def __is_ready__(self) -> bool:
+        return self.model_client.ready

@@ -1,5 +1,6 @@
 """The server's processes: SIGTERM lets an in-flight request finish; a killed parent leaves no worker behind.
-On the tiny ONNX model (tests/tiny_model.py): no photos needed."""
+Both topologies (one process, and the split into an API and a model service). On the tiny ONNX model
+(tests/tiny_model.py): no photos needed."""
 from __future__ import annotations
 
 import io
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 from imgcls.live_server import free_port
@@ -25,9 +27,14 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-def start(registry: Path, log: Path) -> tuple[subprocess.Popen, str]:
+# service -> the worker processes `bentoml serve` starts for it
+TOPOLOGIES = {"service.service:ImageClassifier": 1, "service.split:ImageClassifierSplit": 2}
+
+
+def start(registry: Path, log: Path, service: str = "service.service:ImageClassifier") -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([PY, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([PY, "-m", "imgcls", "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=ROOT,
                             env=child_env(ARTIFACTS_DIR=str(registry), BENTOML_DISABLE_GPU_ALLOCATION="1"),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -64,10 +71,11 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_sigterm_finishes_the_request_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("service", TOPOLOGIES)
+def test_sigterm_finishes_the_request_in_flight(tmp_path: Path, service: str) -> None:
     reg = Registry(tmp_path / "artifacts")
     add_tiny_version(reg, promote=True)
-    proc, url = start(reg.root, tmp_path / "server.log")
+    proc, url = start(reg.root, tmp_path / "server.log", service)
     body, answer = png(), {}
 
     def slow_body():
@@ -88,12 +96,13 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path: Path) -> None:
     assert proc.wait(60) is not None
 
 
-def test_killing_the_parent_leaves_no_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("service", TOPOLOGIES)
+def test_killing_the_parent_leaves_no_worker(tmp_path: Path, service: str) -> None:
     reg = Registry(tmp_path / "artifacts")
     add_tiny_version(reg, promote=True)
-    proc, url = start(reg.root, tmp_path / "server.log")
+    proc, url = start(reg.root, tmp_path / "server.log", service)
     workers = descendants(proc.pid)
-    assert len(workers) >= 2  # the API service and the model service
+    assert len(workers) >= TOPOLOGIES[service]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     deadline = time.monotonic() + 45  # SHUTDOWN_GRACE_S (5 s) and a graceful stop

@@ -1,5 +1,6 @@
-"""Every endpoint and every error of the HTTP API, in process: BentoML's own ASGI app (both services, the model
-one as a local dependency) under Starlette's test client, on the tiny model. No photos, no network, no server."""
+"""Every endpoint and every error of the HTTP API, in process: BentoML's own ASGI app under Starlette's test client,
+on the tiny model (the split topology too, its model service as a local dependency). No photos, no network, no
+server."""
 from __future__ import annotations
 
 import asyncio
@@ -29,13 +30,18 @@ def api(tiny_registry: Path, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry), "FEEDBACK_DIR": str(feedback)}.items():
         mp.setenv(k, v)
-    import service.config, service.inference, service.service  # noqa: E401
-    for module in (service.config, service.inference, service.service):
-        importlib.reload(module)
-    with TestClient(service.service.ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
+    with TestClient(_reloaded_services().ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
         client.feedback_dir = feedback
         yield client
     mp.undo()
+
+
+def _reloaded_services():
+    """service.service, imported again so that it reads the settings of the environment now."""
+    import service.config, service.inference, service.model_client, service.service  # noqa: E401
+    for module in (service.config, service.inference, service.model_client, service.service):
+        importlib.reload(module)
+    return service.service
 
 
 def jpeg(label: str, seed: int = 0) -> bytes:
@@ -251,3 +257,26 @@ def test_waiting_crops_travel_together_and_failures_reach_every_waiter() -> None
     assert answers == [i * 10 for i in range(20)]  # each waiter gets its own answer, in order
     assert [len(c) for c in calls[:4]] == [1, 8, 8, 3]  # the first goes at once, the rest wait for it together
     assert failed == ["int", "RuntimeError", "RuntimeError"]  # -1 and 5 travelled together: both see the failure
+
+
+def test_the_split_topology_answers_the_same(tiny_registry: Path, monkeypatch) -> None:
+    """service.split: the same API with the model in a ModelService reached through bentoml.depends (here a local
+    dependency) gives the same answers, errors included."""
+    for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry)}.items():
+        monkeypatch.setenv(k, v)
+    one = _reloaded_services()
+    import service.split
+    split = importlib.reload(service.split)
+    with TestClient(one.ImageClassifier.to_asgi(), raise_server_exceptions=False) as a, \
+            TestClient(split.ImageClassifierSplit.to_asgi(), raise_server_exceptions=False) as b:
+        for label in synthetic.CLASSES:
+            answer = a.post("/classify", files=up(jpeg(label, 7))).json()
+            assert answer["label"] == label and answer == b.post("/classify", files=up(jpeg(label, 7))).json()
+        batch = [("images", ("a.jpg", jpeg(synthetic.CLASSES[0], 8), "image/jpeg")),
+                 ("images", ("b.txt", b"hello", "text/plain"))]
+        answer = a.post("/classify_batch", files=batch).json()
+        assert answer["results"][1]["error"] == "not_an_image" and answer == b.post("/classify_batch", files=batch).json()
+        assert b.get("/model").json()["version"] == a.get("/model").json()["version"]
+        assert b.post("/explain?format=json", files=up(jpeg(synthetic.CLASSES[1]))).json()["label"] == synthetic.CLASSES[1]
+        half = jpeg(synthetic.CLASSES[0])[:300]
+        assert_error(b.post("/classify", files=up(half)), 422, a.post("/classify", files=up(half)).json()["error"])
