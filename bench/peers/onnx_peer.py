@@ -12,10 +12,11 @@ from imgcls.onnx_model import OnnxClassifier
 
 
 class OnnxPeerModel:
-    """The registry version in ``PEER_MODEL_DIR`` on CPU, one intra-op thread per core (as this service uses)."""
+    """The registry version's ``model.onnx`` (fp32: a peer runs the model file as exported, not this project's
+    int8 variant, which ``variant="auto"`` would pick on a VNNI CPU) on CPU, one intra-op thread per core."""
 
     def __init__(self) -> None:
-        self.model = OnnxClassifier(model_dir(), device="cpu", threads=os.cpu_count())
+        self.model = OnnxClassifier(model_dir(), device="cpu", threads=os.cpu_count(), variant="fp32")
         self.model.warmup()
         self.preprocess = self.model.preprocess
 
