@@ -1,6 +1,6 @@
 """HTTP serving against the in-process pipeline and a naive torch server, on the project's test photos.
 
-    python -m bench.bench_serving [--model current] [--clients 16] [--requests 600] [--json FILE]
+    python -m bench.bench_serving [--model current] [--clients 16] [--requests 1500] [--json FILE]
 
 Prints: throughput with N concurrent clients (our BentoML service, in one process and split in two; the in-process pipeline, decode threads +
 ONNX Runtime, at each batch size in --batch-sizes, compared at its best; the naive FastAPI + torch eager server) and
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--model", default="current")
     p.add_argument("--artifacts", type=Path)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--requests", type=int, default=600)
+    p.add_argument("--requests", type=int, default=1500, help="per measurement (longer runs: steadier figures)")
     p.add_argument("--batch-sizes", default="1,4,8,16,32", help="in-process batch sizes to try")
     p.add_argument("--services", default="http,split", help="which of our topologies to serve: http (one process, "
                    "the default service) and split (API + model service); ratios are of the first")

@@ -1,9 +1,9 @@
-"""Fewer, larger calls from the API service to the model service.
+"""Adaptive batching of single-image requests: crops waiting while the model is busy go in together.
 
-Every call between the two BentoML services costs a request in each process (a few ms of CPU on each side), so one
-call per image would cost about as much CPU as the model itself on a small CPU. Crops waiting while calls are in
-flight are sent together in the next call; the model service's adaptive batching (``batchable=True``) then merges
-the calls that overlap. An idle service sends at once: no latency is added to a lone request.
+An idle service sends a lone request at once (no added latency); while ``max_in_flight`` calls run, new crops
+queue, and the next call takes all of them (up to ``max_batch``). In one process (``LocalModel``) one call at a
+time keeps ONNX Runtime's threads on every core; towards a separate model service (``RemoteModel``) fewer, larger
+calls also save the cost of a request in both processes per image, and BentoML's batching merges what overlaps.
 """
 from __future__ import annotations
 
