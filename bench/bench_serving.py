@@ -1,6 +1,6 @@
 """HTTP serving against the in-process pipeline and a naive torch server, on the project's test photos.
 
-    python -m bench.bench_serving [--model current] [--clients 16] [--requests 1500] [--json FILE]
+    python -m bench.bench_serving [--model current] [--clients 16] [--requests 1500] [--rounds 3] [--json FILE]
 
 Prints: throughput with N concurrent clients (our BentoML service, in one process and split in two; the in-process pipeline, decode threads +
 ONNX Runtime, at each batch size in --batch-sizes, compared at its best; the naive FastAPI + torch eager server) and
@@ -49,6 +49,28 @@ def in_process_throughput(model: OnnxClassifier, paths: list[Path], batch_size: 
     return total / (time.perf_counter() - start)
 
 
+def serve_and_load(target: str, name: str, env: dict[str, str], bodies: list[bytes], clients: int,
+                   requests: int) -> dict:
+    """Start ``imgcls serve target``, warm it up, time 100 lone requests, then ``requests`` from ``clients``."""
+    port = free_port()
+    log = Path(tempfile.gettempdir()) / f"bench_serving_{name}.log"
+    cmd = [sys.executable, "-m", "imgcls", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    with server_process(cmd, port, env, log) as url:
+        load(url, bodies[:64], clients, 128)  # warm-up
+        unloaded = []
+        with httpx.Client() as c:
+            for body in bodies[:100]:
+                start = time.perf_counter()
+                c.post(f"{url}/classify", content=body, headers={"Content-Type": "image/jpeg"}).raise_for_status()
+                unloaded.append(time.perf_counter() - start)
+        before = httpx.get(f"{url}/metrics").text
+        http = load(url, bodies, clients, requests)
+        after = httpx.get(f"{url}/metrics").text
+    batches = metric(after, "imgcls_model_batch_size_count") - metric(before, "imgcls_model_batch_size_count")
+    images = metric(after, "imgcls_model_batch_size_sum") - metric(before, "imgcls_model_batch_size_sum")
+    return {"service": target, **http, "mean_batch_size": images / batches, "unloaded_p50_ms": pct(unloaded, 50)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="current")
@@ -58,6 +80,8 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,4,8,16,32", help="in-process batch sizes to try")
     p.add_argument("--services", default="http,split", help="which of our topologies to serve: http (one process, "
                    "the default service) and split (API + model service); ratios are of the first")
+    p.add_argument("--rounds", type=int, default=3, help="measure everything this many times (alternating the "
+                   "order of the servers); the round with the median ratio is reported")
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -73,32 +97,29 @@ def main() -> None:
 
     env = {"ARTIFACTS_DIR": str(registry.root), "MODEL": str(model_dir), "MODEL_POLL_S": "0",
            "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
-    for name, target in [(s, t) for s, t in SERVICES.items() if s in args.services.split(",")]:
-        port = free_port()
-        log = Path(tempfile.gettempdir()) / f"bench_serving_{name}.log"
-        cmd = [sys.executable, "-m", "imgcls", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
-        with server_process(cmd, port, env, log) as url:
-            load(url, bodies[:64], args.clients, 128)  # warm-up
-            unloaded = []
-            with httpx.Client() as c:
-                for body in bodies[:100]:
-                    start = time.perf_counter()
-                    c.post(f"{url}/classify", content=body, headers={"Content-Type": "image/jpeg"}).raise_for_status()
-                    unloaded.append(time.perf_counter() - start)
-            before = httpx.get(f"{url}/metrics").text
-            http = load(url, bodies, args.clients, args.requests)
-            after = httpx.get(f"{url}/metrics").text
-        batches = metric(after, "imgcls_model_batch_size_count") - metric(before, "imgcls_model_batch_size_count")
-        images = metric(after, "imgcls_model_batch_size_sum") - metric(before, "imgcls_model_batch_size_sum")
-        results[name] = {"service": target, **http, "mean_batch_size": images / batches,
-                         "unloaded_p50_ms": pct(unloaded, 50)}
-
+    names = [name for name in SERVICES if name in args.services.split(",")]
+    rounds: list[dict] = []
+    for r in range(args.rounds):  # each round measures everything once; the median round's figures are reported
+        row: dict = {}
+        for name in (names if r % 2 == 0 else names[::-1]):
+            row[name] = serve_and_load(SERVICES[name], name, env, bodies, args.clients, args.requests)
+        by_size = {int(b): in_process_throughput(model, paths, int(b), args.requests)
+                   for b in args.batch_sizes.split(",")}
+        best = max(by_size, key=by_size.get)
+        row["in_process"] = {"batch_size": best, "images_per_s": by_size[best], "images_per_s_by_batch_size": by_size}
+        row["http_vs_in_process"] = row[names[0]]["rps"] / by_size[best]
+        rounds.append(row)
+        print(f"round {r + 1}: " + ", ".join(f"{n} {row[n]['rps']:.1f} req/s" for n in names)
+              + f", in-process {by_size[best]:.1f} img/s (batch {best}): ratio {row['http_vs_in_process']:.2f}",
+              flush=True)
+    median = sorted(rounds, key=lambda row: row["http_vs_in_process"])[len(rounds) // 2]
+    results.update({name: median[name] for name in names})
     in_process_latency(model, bodies[:10])
     local = in_process_latency(model, bodies[:100])
-    by_size = {int(b): in_process_throughput(model, paths, int(b), args.requests) for b in args.batch_sizes.split(",")}
-    best = max(by_size, key=by_size.get)
-    results["in_process"] = {"batch_size": best, "p50_ms": pct(local, 50), "images_per_s": by_size[best],
-                             "images_per_s_by_batch_size": by_size}
+    results["in_process"] = {**median["in_process"], "p50_ms": pct(local, 50)}
+    results["rounds"] = [{"http_vs_in_process": row["http_vs_in_process"], **{n: row[n]["rps"] for n in names},
+                          "in_process": row["in_process"]["images_per_s"]} for row in rounds]
+    by_size, best = results["in_process"]["images_per_s_by_batch_size"], results["in_process"]["batch_size"]
 
     if not args.skip_naive:
         port = free_port()
@@ -109,7 +130,7 @@ def main() -> None:
     local_ips = results["in_process"]["images_per_s"]
     main_name = next(name for name in SERVICES if name in results)
     rps = results[main_name]["rps"]
-    results["ratios"] = {"http_vs_in_process": rps / local_ips,
+    results["ratios"] = {"http_vs_in_process": rps / local_ips,  # of the median round
                          "unloaded_p50_minus_in_process_ms": results[main_name]["unloaded_p50_ms"] - pct(local, 50)}
     if "split" in results and main_name != "split":
         results["ratios"]["split_http_vs_in_process"] = results["split"]["rps"] / local_ips
