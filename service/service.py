@@ -98,9 +98,9 @@ def answers_errors(func):
 
 
 UPLOAD_ROUTES = {
-    "/classify": UploadRoute("image", 1, frozenset({"k"})),
+    "/classify": UploadRoute("image", 1, frozenset({"k"}), check_image=True),
     "/classify_batch": UploadRoute("images", CONFIG.max_batch_images, frozenset({"k"})),
-    "/explain": UploadRoute("image", 1, frozenset({"label", "format"})),
+    "/explain": UploadRoute("image", 1, frozenset({"label", "format"}), check_image=True),
     "/feedback": UploadRoute("image", 1, frozenset({"label"})),
 }
 KNOWN_PATHS = frozenset({*UPLOAD_ROUTES, "/model", "/admin/reload", "/demo", "/metrics", "/", "/docs.json",
@@ -347,7 +347,8 @@ def with_middlewares(svc):
     svc.add_asgi_middleware(RequestIdAndAccessLog)
     svc.add_asgi_middleware(JsonErrors)
     svc.add_asgi_middleware(UploadRequests, routes=UPLOAD_ROUTES, max_body_bytes=CONFIG.max_body_bytes,
-                            stall_timeout_s=CONFIG.stall_timeout_s)
+                            stall_timeout_s=CONFIG.stall_timeout_s, max_pixels=CONFIG.max_pixels,
+                            max_pixels_full=CONFIG.max_pixels_full)
     return svc
 
 

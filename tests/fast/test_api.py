@@ -210,7 +210,8 @@ def test_a_stalled_upload_gets_408_and_a_steady_one_completes() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
-    app = UploadRequests(echo, {"/classify": UploadRoute("image", 1, frozenset())}, 10_000, stall_timeout_s=0.2)
+    app = UploadRequests(echo, {"/classify": UploadRoute("image", 1, frozenset())}, 10_000, stall_timeout_s=0.2,
+                         max_pixels=10**6, max_pixels_full=10**6)
     scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
              "headers": [(b"content-type", b"image/jpeg")]}
 
@@ -280,3 +281,48 @@ def test_the_split_topology_answers_the_same(tiny_registry: Path, monkeypatch) -
         assert b.post("/explain?format=json", files=up(jpeg(synthetic.CLASSES[1]))).json()["label"] == synthetic.CLASSES[1]
         half = jpeg(synthetic.CLASSES[0])[:300]
         assert_error(b.post("/classify", files=up(half)), 422, a.post("/classify", files=up(half)).json()["error"])
+
+
+def test_single_image_endpoints_refuse_bombs_and_non_images_before_the_endpoint() -> None:
+    """A header over the pixel limit (or no image at all) is answered by the upload middleware: the endpoint (here an
+    app that records being called) never sees it, raw body or multipart; a good image passes through."""
+    from service.uploads import UploadRequests, UploadRoute, encode_multipart
+
+    reached: list[str] = []
+
+    async def endpoint(scope, receive, send) -> None:
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = UploadRequests(endpoint, {"/classify": UploadRoute("image", 1, frozenset(), check_image=True),
+                                    "/classify_batch": UploadRoute("images", 4, frozenset())},
+                         10**7, stall_timeout_s=5, max_pixels=10**6, max_pixels_full=10**6)
+    bomb = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(bomb, "PNG")  # 4 MP, over the 1 MP limit
+
+    def call(path: str, body: bytes, ctype: str) -> tuple[int, dict | bytes]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+                 "headers": [(b"content-type", ctype.encode())]}
+        asyncio.run(app(scope, receive, send))
+        data = b"".join(m.get("body", b"") for m in sent[1:])
+        return sent[0]["status"], json.loads(data) if sent[0]["status"] != 200 else data
+
+    form, form_type = encode_multipart([("image", "b.png", "image/png", bomb.getvalue())], {})
+    assert call("/classify", bomb.getvalue(), "image/png")[0] == 413
+    status, answer = call("/classify", form, form_type)
+    assert status == 413 and answer["error"] == "too_many_pixels", answer
+    status, answer = call("/classify", b"hello, not an image", "image/jpeg")
+    assert status == 415 and answer["error"] == "not_an_image"
+    assert reached == []
+    assert call("/classify", jpeg("red"), "image/jpeg")[0] == 200
+    assert call("/classify_batch", bomb.getvalue(), "image/png")[0] == 200  # per-image errors stay the endpoint's
+    assert reached == ["/classify", "/classify_batch"]
