@@ -202,6 +202,25 @@ def test_docs_page_schema_and_demo(api) -> None:
     assert demo.status_code == 200 and demo.headers["content-type"].startswith("text/html")
 
 
+def post_asgi(app, path: str, chunks: list[bytes], ctype: str, pause: float = 0.0) -> tuple[int, bytes]:
+    """POST ``chunks`` (``pause`` seconds before each) to the ASGI ``app``: (status, response body)."""
+    sent: list[dict] = []
+    queue = list(chunks)
+
+    async def receive() -> dict:
+        await asyncio.sleep(pause)
+        chunk = queue.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+             "headers": [(b"content-type", ctype.encode())]}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
 def test_a_stalled_upload_gets_408_and_a_steady_one_completes() -> None:
     from service.uploads import UploadRequests, UploadRoute
 
@@ -212,27 +231,9 @@ def test_a_stalled_upload_gets_408_and_a_steady_one_completes() -> None:
 
     app = UploadRequests(echo, {"/classify": UploadRoute("image", 1, frozenset())}, 10_000, stall_timeout_s=0.2,
                          max_pixels=10**6, max_pixels_full=10**6)
-    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
-             "headers": [(b"content-type", b"image/jpeg")]}
-
-    async def run(chunks: list[bytes], pause: float) -> tuple[int, bytes]:
-        sent: list[dict] = []
-        queue = list(chunks)
-
-        async def receive() -> dict:
-            await asyncio.sleep(pause)
-            chunk = queue.pop(0)
-            return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-    status, body = asyncio.run(run([b"x" * 100] * 5, pause=0.05))  # slow but steady
+    status, body = post_asgi(app, "/classify", [b"x" * 100] * 5, "image/jpeg", pause=0.05)  # slow but steady
     assert status == 200 and int(json.loads(body) if body.isdigit() else 0) > 0
-    status, body = asyncio.run(run([b"x" * 100] * 5, pause=0.5))  # stalled
+    status, body = post_asgi(app, "/classify", [b"x" * 100] * 5, "image/jpeg", pause=0.5)  # stalled
     assert status == 408 and json.loads(body)["error"] == "request_timeout"
 
 
@@ -302,19 +303,8 @@ def test_single_image_endpoints_refuse_bombs_and_non_images_before_the_endpoint(
     Image.new("L", (2000, 2000)).save(bomb, "PNG")  # 4 MP, over the 1 MP limit
 
     def call(path: str, body: bytes, ctype: str) -> tuple[int, dict | bytes]:
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
-                 "headers": [(b"content-type", ctype.encode())]}
-        asyncio.run(app(scope, receive, send))
-        data = b"".join(m.get("body", b"") for m in sent[1:])
-        return sent[0]["status"], json.loads(data) if sent[0]["status"] != 200 else data
+        status, data = post_asgi(app, path, [body], ctype)
+        return status, json.loads(data) if status != 200 else data
 
     form, form_type = encode_multipart([("image", "b.png", "image/png", bomb.getvalue())], {})
     assert call("/classify", bomb.getvalue(), "image/png")[0] == 413
