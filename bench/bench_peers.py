@@ -247,7 +247,8 @@ def main() -> None:
     bodies = [path.read_bytes() for path in test_photos()]
     logs = Path(tempfile.gettempdir()) / "bench_peers"
     logs.mkdir(exist_ok=True)
-    print(f"model {model_dir.name}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+    load_before = os.getloadavg()[0]
+    print(f"model {model_dir.name}, {os.cpu_count()} CPUs, load average {load_before:.1f}, "
           f"{len(bodies)} photos, {args.duration:.0f} s per run; server logs in {logs}", flush=True)
     started = time.time()
     order = [peer for peer in PEERS if peer.name in chosen]
@@ -259,7 +260,7 @@ def main() -> None:
     checks = target_checks(peers, clients)
     results = {"model": model_dir.name, "cpus": os.cpu_count(), "duration_s": args.duration, "clients": clients,
                "rounds": args.rounds,
-               "photos": len(bodies), "load_average_before": os.getloadavg()[0],
+               "photos": len(bodies), "load_average_before": load_before,
                "run_minutes": (time.time() - started) / 60, "peers": peers, "targets": checks}
 
     print("\n" + table(peers, clients) + "\n")

@@ -2,9 +2,9 @@
 
     python -m bench.bench_serving [--model current] [--clients 16] [--requests 1500] [--rounds 3] [--json FILE]
 
-Prints: throughput with N concurrent clients (our BentoML service, in one process and split in two; the in-process pipeline, decode threads +
-ONNX Runtime, at each batch size in --batch-sizes, compared at its best; the naive FastAPI + torch eager server) and
-unloaded single-request latency against in-process latency.
+Prints: throughput with N concurrent clients (our BentoML service, in one process and split in two; the
+in-process pipeline, decode threads + ONNX Runtime, at each batch size in --batch-sizes, compared at its best; the
+naive FastAPI + torch eager server) and unloaded single-request latency against in-process latency.
 Targets: HTTP >= 0.8 x in-process at its best batch size, >= 2 x naive; unloaded p50 <= in-process p50 + 10 ms.
 """
 from __future__ import annotations
