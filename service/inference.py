@@ -34,6 +34,11 @@ def _answer(model: OnnxClassifier, probs: np.ndarray, extra: dict[str, Any] | No
             "labels": model.labels, "probs": probs, **(extra or {})}
 
 
+def _failure(e: ApiError) -> dict[str, Any]:
+    """An :class:`ApiError` as an answer (the API raises it again, same status, same reason)."""
+    return {"error": e.reason, "detail": e.message, "status": e.status}
+
+
 class Inference:
     """Loads the model named by ``MODEL`` (warm and checked before it serves) and follows promotions."""
 
@@ -59,7 +64,7 @@ class Inference:
         try:
             model = self.holder.model
         except ApiError as e:
-            return [{"error": e.reason, "detail": e.message}] * len(crops)
+            return [_failure(e)] * len(crops)
         size = model.preprocess.input_size
         out: list[dict[str, Any]] = [{"error": "stale_input", "input_size": size, "resize_size":
                                       model.preprocess.resize_size}] * len(crops)
@@ -103,7 +108,7 @@ class Inference:
             check_probabilities(probs, 1, len(model.labels), model.version)
             novelty = None if model.detector is None else float(model.detector.novelty(embed(fmap))[0])
         except ApiError as e:
-            return {"error": e.reason, "detail": e.message, "status": e.status}
+            return _failure(e)
         index = model.labels.index(label) if label else int(probs[0].argmax())
         extra = {} if novelty is None else {"novelty": novelty, "known": is_known(novelty)}
         return _answer(model, probs[0], {"index": index, "cam": model.class_activation_map(fmap[0], index), **extra})
@@ -113,7 +118,7 @@ class Inference:
         try:
             model = self.holder.model
         except ApiError as e:
-            return {"error": e.reason, "detail": e.message, "status": e.status}
+            return _failure(e)
         meta = public_metadata(model.metadata)
         meta["runtime"] = {"providers": model.providers, "device": model.device,
                            "variant": model.variant, "config": self.config.public()}
@@ -124,7 +129,7 @@ class Inference:
         try:
             return self.holder.reload()
         except ApiError as e:
-            return {"error": e.reason, "detail": e.message, "status": e.status}
+            return _failure(e)
 
 
 @bentoml.service(
