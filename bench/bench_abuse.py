@@ -5,7 +5,9 @@
 Phases, same server, same run: (1) quiet: one client loops valid photos; (2) the same client while ``--abusers``
 clients loop the issue's 1.9 kB lossless WebP of 7000x7000; (3) the same with the costliest WebP still under the
 full-decode pixel limit. Prints valid p50/p99 per phase, the ratio to quiet, and the server tree's peak RSS.
-Target: p99 within 3x of quiet and the server under 1.5 GB.
+Target: p99 within 3x of quiet and the server under 1.5 GB. Each abuser connects from an address of its own
+(127.0.0.2, ...), so the server's per-client refusal throttle (``service/throttle.py``) sees four clients; the
+valid client is 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -64,9 +66,18 @@ async def phase(url: str, pid: int, seconds: float, valid: list[bytes], abuse: b
             peak = max(peak, tree_rss_mb(pid))
             await asyncio.sleep(0.25)
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        jobs = [valid_client(session), watch()] + [abuser(session) for _ in range(abusers if abuse else 0)]
+    def session(address: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120),
+                                     connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+    # Each abuser is a client of its own (127.0.0.2, .3, ...: all loopback), as the server's per-client limits see it.
+    sessions = [session(f"127.0.0.{1 + i}") for i in range(1 + (abusers if abuse else 0))]
+    jobs = [valid_client(sessions[0]), watch()] + [abuser(s) for s in sessions[1:]]
+    try:
         await asyncio.gather(*jobs)
+    finally:
+        for s in sessions:
+            await s.close()
     return {"requests": len(latencies), "failed": failed, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
             "peak_rss_mb": peak, "abuse_status": abuse_status}
 

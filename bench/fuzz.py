@@ -5,6 +5,7 @@ odd multipart bodies, bad parameters and headers, wrong methods and paths.
 
 Prints the status counts per endpoint and every failure. A failure is a 5xx, a dropped connection, or a 4xx whose
 body is not a JSON object with an ``error`` key. Exits 1 on any failure. The same seed sends the same requests.
+Start the server with ``REFUSAL_RATE=0``: otherwise it answers this one client's refusals 10 a second.
 """
 from __future__ import annotations
 

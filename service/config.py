@@ -40,6 +40,8 @@ class Config:
     shutdown_grace_s: float  # SHUTDOWN_GRACE_S: after SIGTERM the model service answers this long (in-flight work)
     stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
     decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
+    refusal_rate: float  # REFUSAL_RATE: a client's 4xx answers beyond its burst go out at this rate a second (0: off)
+    refusal_burst: int  # REFUSAL_BURST: 4xx answers a client gets at once before they are held back
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -69,6 +71,8 @@ class Config:
             shutdown_grace_s=_env("SHUTDOWN_GRACE_S", 5.0, float),
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
+            refusal_rate=_env("REFUSAL_RATE", 10.0, float),
+            refusal_burst=_env("REFUSAL_BURST", 50, int),
         )
 
     def public(self) -> dict:

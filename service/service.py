@@ -34,6 +34,7 @@ from service.lifecycle import exit_with_parent
 from service.logs import RequestIdAndAccessLog, configure_json_logging
 from service.model_client import LocalModel, RemoteModel
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, HttpMetrics, metrics_endpoint
+from service.throttle import RefusalThrottle
 from service.uploads import UploadRequests, UploadRoute
 
 CONFIG = Config.from_env()
@@ -345,6 +346,7 @@ def with_middlewares(svc):
     errors are reshaped inside them."""
     svc.add_asgi_middleware(HttpMetrics, endpoints=KNOWN_PATHS)
     svc.add_asgi_middleware(RequestIdAndAccessLog)
+    svc.add_asgi_middleware(RefusalThrottle, rate=CONFIG.refusal_rate, burst=CONFIG.refusal_burst)
     svc.add_asgi_middleware(JsonErrors)
     svc.add_asgi_middleware(UploadRequests, routes=UPLOAD_ROUTES, max_body_bytes=CONFIG.max_body_bytes,
                             stall_timeout_s=CONFIG.stall_timeout_s, max_pixels=CONFIG.max_pixels,

@@ -70,6 +70,7 @@ class UploadRequests:
             scope, body = await self._canonical(scope, body, route)
         except ApiError as e:
             REJECTED.labels(reason=e.reason).inc()
+            body = None  # not kept while the refusal waits (service.throttle)
             return await e.response()(scope, receive, send)
         sent = False
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from imgcls.registry import Registry
 from imgcls.live_server import free_port, server_process as start_server
+from service.config import Config
 from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_cli, serve
 
 pytestmark = needs_data
@@ -95,6 +96,31 @@ def test_truncated_photo_decompression_bomb_bad_k_and_too_many_images(server: st
     assert (r.status_code, r.json()["error"]) == (400, "bad_parameter")
     r = httpx.post(f"{server}/classify_batch", files=[("images", data)] * 65, timeout=60)
     assert (r.status_code, r.json()["error"]) == (413, "too_many_images")
+
+
+def test_a_client_looping_bombs_is_slowed_and_others_are_not(server: str) -> None:
+    """The refusal throttle at its default settings, wired into the real server: a client at 127.0.0.2 sends its
+    burst and 20 more bombs at once; its last refusals wait, while valid and bad requests from 127.0.0.1 meanwhile
+    are answered at once."""
+    defaults = Config.from_env()  # the server runs with the defaults too
+    n, late = defaults.refusal_burst + 20, 20 / defaults.refusal_rate
+    bomb = big_png(8000)
+
+    def post(client: httpx.Client, content: bytes) -> tuple[int, float]:
+        t = time.perf_counter()
+        r = client.post(f"{server}/classify", content=content, headers={"Content-Type": "image/png"}, timeout=60)
+        return r.status_code, time.perf_counter() - t
+
+    abuser = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+                          limits=httpx.Limits(max_connections=n))
+    with abuser, httpx.Client() as other, ThreadPoolExecutor(n) as pool:
+        looping = pool.map(lambda _: post(abuser, bomb), range(n))
+        time.sleep(late / 4)
+        mine = [post(other, photos("dog", 1)[0].read_bytes()), post(other, bomb)]
+        looping = list(looping)
+    assert {status for status, _ in looping} == {413} and [s for s, _ in mine] == [200, 413]
+    assert max(seconds for _, seconds in looping) >= 0.9 * late  # 20 past the burst, 1 / rate apart
+    assert max(seconds for _, seconds in mine) < late / 2
 
 
 def test_classify_batch_keeps_order_and_isolates_bad_images(server: str) -> None:

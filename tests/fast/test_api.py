@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ TOKEN = "fast-admin-token"
 FEEDBACK_TOKEN = "fast-feedback-token"
 AUTH = {"authorization": f"Bearer {FEEDBACK_TOKEN}"}
 SETTINGS = {"MODEL_POLL_S": "0", "ADMIN_TOKEN": TOKEN, "FEEDBACK_TOKEN": FEEDBACK_TOKEN, "FEEDBACK_BURST": "6", "MAX_BODY_BYTES": str(2_000_000), "MAX_BATCH_IMAGES": "4",
+            "REFUSAL_BURST": "1000",  # the throttle stays wired, but these tests send many bad requests
             "BENTOML_DO_NOT_TRACK": "true"}
 
 
@@ -316,3 +318,47 @@ def test_single_image_endpoints_refuse_bombs_and_non_images_before_the_endpoint(
     assert call("/classify", jpeg("red"), "image/jpeg")[0] == 200
     assert call("/classify_batch", bomb.getvalue(), "image/png")[0] == 200  # per-image errors stay the endpoint's
     assert reached == ["/classify", "/classify_batch"]
+
+
+def test_a_client_looping_refused_uploads_is_answered_ever_more_slowly_and_others_are_not() -> None:
+    """Past its burst, a client's refusals go out at the throttle's rate; its good answers, and other clients'
+    refusals, are not held (service.throttle)."""
+    from service.throttle import RefusalDelays, RefusalThrottle
+
+    delays = RefusalDelays(rate=10, burst=3)
+    assert [delays.delay("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [round(delays.delay("a", now=0.0), 3) for _ in range(3)] == [0.1, 0.2, 0.3]
+    assert delays.delay("b", now=0.0) == 0.0
+    assert delays.delay("a", now=10.0) == 0.0  # the bucket refills
+    assert RefusalDelays(rate=1, burst=1, max_delay_s=2).delay("c", now=0) == 0.0
+    capped = RefusalDelays(rate=1, burst=1, max_delay_s=2)
+    assert max(capped.delay("c", now=0.0) for _ in range(100)) == 2.0
+
+    async def endpoint(scope, receive, send) -> None:
+        status = 200 if scope["path"] == "/ok" else 413
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = RefusalThrottle(endpoint, rate=20, burst=2)
+
+    async def call(path: str, client: str) -> int:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await app({"type": "http", "path": path, "client": (client, 1)}, None, send)
+        return sent[0]["status"]
+
+    async def timed(path: str, client: str, n: int) -> float:
+        start = time.perf_counter()
+        statuses = await asyncio.gather(*(call(path, client) for _ in range(n)))
+        assert set(statuses) == {200 if path == "/ok" else 413}
+        return time.perf_counter() - start
+
+    async def main() -> tuple[float, float, float]:
+        return await timed("/bomb", "10.0.0.1", 6), await timed("/ok", "10.0.0.1", 50), await timed("/bomb", "10.0.0.2", 2)
+
+    looping, good, other = asyncio.run(main())
+    assert looping >= (6 - 2) / 20 * 0.95  # 4 beyond the burst, 50 ms apart
+    assert good < 0.15 and other < 0.15
