@@ -1,6 +1,7 @@
 """deploy/nginx.conf with a real nginx in front of the real server (the tiny model): a client that sends its
 headers a byte at a time is cut by the proxy (uvicorn alone never cuts it), and everything else still reaches the
-service, whose JSON answers (408 for a stalled upload, 413 over the body limit) pass through unchanged."""
+service, whose JSON answers (408 for a stalled upload, 413 over the body limit) pass through unchanged, and a
+client cannot pass for others with its own X-Forwarded-For."""
 from __future__ import annotations
 
 import io
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -35,8 +37,9 @@ def proxied(tmp_path_factory) -> tuple[str, str]:
     tmp = tmp_path_factory.mktemp("proxy")
     reg = Registry(tmp / "artifacts")
     add_tiny_version(reg, promote=True)
+    # FORWARDED_ALLOW_IPS="*" and a small refusal burst, as docker-compose.yml runs it (all but the burst).
     with serve(reg.root, tmp / "server.log", BODY_STALL_TIMEOUT_S="2", MAX_BODY_BYTES=str(300_000),
-               MODEL_POLL_S="0") as url:
+               MODEL_POLL_S="0", FORWARDED_ALLOW_IPS="*", REFUSAL_BURST="5", REFUSAL_RATE="5") as url:
         port = free_port()
         conf = (ROOT / "deploy" / "nginx.conf").read_text()
         for old, new in (("server classifier:3000;", f"server {url.removeprefix('http://')};"),
@@ -137,3 +140,22 @@ def test_requests_and_the_services_json_answers_pass_through(proxied) -> None:
         assert r.status_code == 408 and r.json()["error"] == "request_timeout", r.text
     except httpx.RemoteProtocolError:
         pytest.fail("the stalled upload was cut without the service's 408 JSON answer")
+
+
+def test_a_client_cannot_pass_for_others_through_the_proxy(proxied) -> None:
+    """Per-client limits key on the address the proxy saw: a client at 127.0.0.3 sending 15 refused requests, each
+    claiming another X-Forwarded-For, is still one client to the refusal throttle (5 at once, then 5 a second)."""
+    proxy, _ = proxied
+
+    def refused(i: int) -> float:
+        t = time.perf_counter()
+        r = client.post(f"{proxy}/classify", content=b"not an image", timeout=30,
+                        headers={"Content-Type": "image/jpeg", "X-Forwarded-For": f"10.9.{i}.1"})
+        assert r.status_code == 415, r.text
+        return time.perf_counter() - t
+
+    client = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"),
+                          limits=httpx.Limits(max_connections=15))
+    with client, ThreadPoolExecutor(15) as pool:
+        seconds = sorted(pool.map(refused, range(15)))
+    assert seconds[-1] >= 0.9 * (15 - 5) / 5, seconds  # one client: 10 past the burst, 0.2 s apart
