@@ -16,6 +16,7 @@ from starlette.responses import Response
 PREDICTIONS = Counter("imgcls_predictions_total", "Images classified, by predicted label", ["label"])
 UNKNOWN = Counter("imgcls_unknown_total", "Answers flagged as neither of the model's classes (known=false)")
 REJECTED = Counter("imgcls_rejected_inputs_total", "Rejected inputs, by reason", ["reason"])
+HELD = Counter("imgcls_refusals_held_total", "4xx answers held back by the per-client refusal throttle")
 MODEL_INFO = Gauge("imgcls_model_info", "1 for the model version being served", ["version", "device", "variant"],
                    multiprocess_mode="livemax")
 RELOAD_FAILURES = Counter("imgcls_model_reload_failures_total", "Refused new model versions", ["version"])

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 import anyio
 
+from service.metrics import HELD
 
 class RefusalDelays:
     """Per client key, the delay before its next refusal goes out (a generic cell rate algorithm: the answers a
@@ -57,6 +58,7 @@ class RefusalThrottle:
             if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
                 wait = self.delays.delay(client)
                 if wait:
+                    HELD.inc()
                     await anyio.sleep(wait)
             await send(message)
 

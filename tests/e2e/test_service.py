@@ -111,6 +111,7 @@ def test_a_client_looping_bombs_is_slowed_and_others_are_not(server: str) -> Non
         r = client.post(f"{server}/classify", content=content, headers={"Content-Type": "image/png"}, timeout=60)
         return r.status_code, time.perf_counter() - t
 
+    held = metric(httpx.get(f"{server}/metrics").text, "imgcls_refusals_held_total")
     abuser = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"),
                           limits=httpx.Limits(max_connections=n))
     with abuser, httpx.Client() as other, ThreadPoolExecutor(n) as pool:
@@ -121,6 +122,7 @@ def test_a_client_looping_bombs_is_slowed_and_others_are_not(server: str) -> Non
     assert {status for status, _ in looping} == {413} and [s for s, _ in mine] == [200, 413]
     assert max(seconds for _, seconds in looping) >= 0.9 * late  # 20 past the burst, 1 / rate apart
     assert max(seconds for _, seconds in mine) < late / 2
+    assert metric(httpx.get(f"{server}/metrics").text, "imgcls_refusals_held_total") > held
 
 
 def test_classify_batch_keeps_order_and_isolates_bad_images(server: str) -> None:
