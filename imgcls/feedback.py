@@ -6,7 +6,8 @@
 - A total quota (bytes and files): over it, :class:`FeedbackRefused` 507.
 - The same image under two labels is a conflict: recorded in ``conflicts.jsonl`` (409), never stored under the
   second label; retraining skips every conflicted image and reports how many it skipped.
-- :class:`RateLimiter`: a token bucket per client (429 with ``Retry-After``).
+- :class:`RateLimiter`: a token bucket per client (429 with ``Retry-After``; the service's refusal throttle uses
+  its :meth:`RateLimiter.delay`).
 
 Layout: ``FEEDBACK_DIR/<label>/<pixel sha256>.jpg`` (write-then-rename), ``FEEDBACK_DIR/conflicts.jsonl``.
 No torch, no web framework: retraining reads the same folder through :func:`conflicted_hashes`.
@@ -172,13 +173,29 @@ class RateLimiter:
         """Take one token for ``key`` or raise :class:`FeedbackRefused` 429 with the seconds to wait."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, at = self._buckets.pop(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - at) * self.rate)
+            tokens = self._tokens(key, now)
             if tokens < 1:
                 self._buckets[key] = (tokens, now)
                 wait = math.ceil((1 - tokens) / self.rate)
                 raise FeedbackRefused(429, "rate_limited", f"too many requests from this client; retry in {wait} s",
                                       {"Retry-After": str(wait)})
-            self._buckets[key] = (tokens - 1, now)
-            while len(self._buckets) > self.max_clients:
-                self._buckets.popitem(last=False)
+            self._take(key, tokens, now)
+
+    def delay(self, key: str, max_delay_s: float, now: float | None = None) -> float:
+        """Take one token for ``key``, borrowing it when none is left: the seconds until it would have been there
+        (at most ``max_delay_s``: a flood beyond that borrows no further). The refusal throttle holds answers so."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens = max(self._tokens(key, now), 1 - max_delay_s * self.rate)
+            self._take(key, tokens, now)
+        return max(0.0, round((1 - tokens) / self.rate, 6))  # rounded: no sleeps of 1e-17 s
+
+    def _tokens(self, key: str, now: float) -> float:
+        """``key``'s tokens now (its bucket taken out; a new client's is full)."""
+        tokens, at = self._buckets.pop(key, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def _take(self, key: str, tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens - 1, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)

@@ -323,16 +323,17 @@ def test_single_image_endpoints_refuse_bombs_and_non_images_before_the_endpoint(
 def test_a_client_looping_refused_uploads_is_answered_ever_more_slowly_and_others_are_not() -> None:
     """Past its burst, a client's refusals go out at the throttle's rate; its good answers, and other clients'
     refusals, are not held (service.throttle)."""
-    from service.throttle import RefusalDelays, RefusalThrottle
+    from imgcls.feedback import RateLimiter
+    from service.throttle import RefusalThrottle
 
-    delays = RefusalDelays(rate=10, burst=3)
-    assert [delays.delay("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert [round(delays.delay("a", now=0.0), 3) for _ in range(3)] == [0.1, 0.2, 0.3]
-    assert delays.delay("b", now=0.0) == 0.0
-    assert delays.delay("a", now=10.0) == 0.0  # the bucket refills
-    assert RefusalDelays(rate=1, burst=1, max_delay_s=2).delay("c", now=0) == 0.0
-    capped = RefusalDelays(rate=1, burst=1, max_delay_s=2)
-    assert max(capped.delay("c", now=0.0) for _ in range(100)) == 2.0
+    delays = RateLimiter(rate=10, burst=3)
+    assert [delays.delay("a", 10, now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert [round(delays.delay("a", 10, now=0.0), 3) for _ in range(3)] == [0.1, 0.2, 0.3]
+    assert delays.delay("b", 10, now=0.0) == 0.0
+    assert delays.delay("a", 10, now=10.0) == 0.0  # the bucket refills
+    assert RateLimiter(rate=1, burst=1).delay("c", 2, now=0) == 0.0
+    capped = RateLimiter(rate=1, burst=1)
+    assert max(capped.delay("c", 2, now=0.0) for _ in range(100)) == 2.0
 
     async def endpoint(scope, receive, send) -> None:
         status = 200 if scope["path"] == "/ok" else 413
