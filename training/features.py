@@ -7,8 +7,8 @@ View 0 is the evaluation preprocessing; views 1..K are augmentations seeded by (
 
 The frozen part runs in ONNX Runtime (several times faster than eager torch on a CPU): it is exported once per
 architecture and weights (keyed by a hash of its tensors, so seeded random weights are cached too) into
-``artifacts/cache/frozen/`` and checked against torch. Torch keeps the decoding workers' augmentation and, in
-``training/fit.py``, what needs gradients.
+``artifacts/cache/frozen/`` and checked against torch. Each loader worker decodes an image once for all its views,
+augments with torch and runs its own batches through the frozen part; ``training/fit.py`` keeps what needs gradients.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ class Features:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[int, Path, str, int]], eval_preset: ClassificationPresetEval,
+    """Item i: one image, decoded once, as each of the views of it that are still to compute."""
+
+    def __init__(self, items: list[tuple[int, Path, str, tuple[int, ...]]], eval_preset: ClassificationPresetEval,
                  train_preset: ClassificationPresetTrain) -> None:
         self.items = items
         self.eval = eval_preset
@@ -57,19 +60,45 @@ class _Images(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        index, path, digest, view = self.items[i]
+        index, path, digest, views = self.items[i]
         try:
             img = decode_image(path, draft_size=self.eval.preprocess.resize_size)
         except (ImageError, OSError) as e:
-            return index, None, f"{type(e).__name__}: {e}"
-        if view == 0:
-            return index, self.eval(img), None
-        torch.manual_seed(int(digest[:15], 16) + view)  # the same augmentation every time this view is computed
-        return index, self.train(img), None
+            return index, views, None, f"{type(e).__name__}: {e}"
+        crops = []
+        for view in views:
+            if view == 0:
+                crops.append(self.eval(img))
+            else:
+                torch.manual_seed(int(digest[:15], 16) + view)  # the same augmentation every time this view is made
+                crops.append(self.train(img))
+        return index, views, crops, None
 
 
-def _collate(batch):
-    return batch
+class _RunFrozen:
+    """The loader's ``collate_fn``: runs a batch's crops through the frozen part where the batch was made, in a
+    loader worker, with an ONNX Runtime session of ``threads`` threads per worker (opened on first use there).
+
+    Each worker decoding, augmenting and running its own batches keeps every core busy; one session on every core
+    beside decoding workers waited on its slowest thread whenever a worker took a core (about 40% slower)."""
+
+    _sessions: dict[str, object] = {}  # per process: forked workers start with none
+
+    def __init__(self, onnx_path: Path | None, threads: int) -> None:
+        self.onnx_path, self.threads = (str(onnx_path) if onnx_path else None), threads
+
+    def __call__(self, batch) -> tuple[list[tuple[int, int]], np.ndarray | None, dict[int, str]]:
+        keys = [(index, view) for index, views, crops, _ in batch if crops is not None for view in views]
+        errors = {index: err for index, _, crops, err in batch if crops is None}
+        if not keys:
+            return keys, None, errors
+        x = np.stack([c for _, _, crops, _ in batch if crops is not None for c in crops])
+        if self.onnx_path is None:
+            return keys, x, errors  # nothing is frozen (the scratch CNN trains end to end): the images are its input
+        run = self._sessions.get(self.onnx_path)
+        if run is None:
+            run = self._sessions[self.onnx_path] = _session(Path(self.onnx_path), self.threads)
+        return keys, run.run(None, {"input": x})[0], errors
 
 
 class _Frozen(nn.Module):
@@ -118,10 +147,10 @@ def frozen_onnx(model: TransferModel, cut: str, folder: Path, opset: int = 18) -
     return path
 
 
-def _session(path: Path):
+def _session(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), sess_options=session_options(), providers=providers_for("auto"))
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers_for("auto"))
 
 
 class FeatureExtractor:
@@ -139,20 +168,22 @@ class FeatureExtractor:
         self.cache = (cache_dir / hashlib.sha256(key.encode()).hexdigest()[:16]) if cache_dir else None
         self.cut = cut
         self.frozen_dir = frozen_dir
-        self._run = None  # the frozen part's ONNX Runtime session, made on first use
+        self._frozen_file: Path | None = None  # the frozen part's ONNX export, made on first use
+        self._tmp: tempfile.TemporaryDirectory | None = None  # holds it when no frozen_dir is given
         self.eval_preset = ClassificationPresetEval(pre)
         self.train_preset = ClassificationPresetTrain(pre)
         # Augmented views are named by the augmentation's settings too: changing them never reuses stale features.
         self.augmentation_key = hashlib.sha256(self.train_preset.settings.encode()).hexdigest()[:12]
 
-    def _frozen(self, x: np.ndarray) -> np.ndarray:
+    def _frozen_path(self) -> Path | None:
+        """The frozen part's ONNX file (exported on first use), or None when nothing is frozen."""
         if self.cut == "body" and isinstance(self.model.body, nn.Identity):
-            return x  # nothing is frozen (the scratch CNN trains end to end): its "features" are the images
-        if self._run is None:
-            with contextlib.ExitStack() as stack:
-                folder = self.frozen_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-                self._run = _session(frozen_onnx(self.model, self.cut, folder))
-        return self._run.run(None, {"input": x})[0]
+            return None
+        if self._frozen_file is None:
+            if self.frozen_dir is None:
+                self._tmp = tempfile.TemporaryDirectory()
+            self._frozen_file = frozen_onnx(self.model, self.cut, self.frozen_dir or Path(self._tmp.name))
+        return self._frozen_file
 
     def _cache_path(self, digest: str, view: int) -> Path:
         folder = f"view{view}-{self.augmentation_key}" if view else "view0"
@@ -160,41 +191,56 @@ class FeatureExtractor:
 
     def extract(self, samples: list[Sample], view: int = 0, desc: str = "features") -> Features:
         """Features for ``samples`` at ``view``; unreadable files are skipped with a count and a warning."""
+        return self.extract_views(samples, (view,), desc)[0]
+
+    def extract_views(self, samples: list[Sample], views: Sequence[int], desc: str = "features") -> list[Features]:
+        """Features for ``samples`` at each of ``views`` (one :class:`Features` per view, in order). Each image is
+        decoded once for all its views that are not cached; unreadable files are skipped with a warning."""
+        views = tuple(views)
         digests = [sha256_file(p) for p, _ in samples]
-        out: list[np.ndarray | None] = [None] * len(samples)
+        out: dict[int, list[np.ndarray | None]] = {v: [None] * len(samples) for v in views}
         todo = []
         for i, ((path, _), digest) in enumerate(zip(samples, digests)):
-            cached = self._cache_path(digest, view) if self.cache else None
-            if cached is not None and cached.is_file():
-                out[i] = np.load(cached)
-            else:
-                todo.append((i, path, digest, view))
+            missing = []
+            for view in views:
+                cached = self._cache_path(digest, view) if self.cache else None
+                if cached is not None and cached.is_file():
+                    out[view][i] = np.load(cached)
+                else:
+                    missing.append(view)
+            if missing:
+                todo.append((i, path, digest, tuple(missing)))
         errors: dict[Path, str] = {}
         if todo:
-            loader = DataLoader(_Images(todo, self.eval_preset, self.train_preset), batch_size=self.batch_size,
-                                collate_fn=_collate,
-                                num_workers=min(2, os.cpu_count() or 1))
-            with tqdm(total=len(todo), desc=f"{desc} (view {view})", unit="img", leave=False) as bar:
-                for batch in loader:
-                    good = [(i, a) for i, a, err in batch if a is not None]
-                    for i, _, err in batch:
-                        if err:
-                            errors[samples[i][0]] = err
-                    if good:
-                        feats = self._frozen(np.stack([a for _, a in good]))
-                        for (i, _), f in zip(good, feats):
-                            out[i] = f
-                            if self.cache:
-                                path = self._cache_path(digests[i], view)
-                                path.parent.mkdir(parents=True, exist_ok=True)
-                                tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-                                np.save(tmp, f)
-                                os.replace(tmp, path)
-                    bar.update(len(batch))
+            cpus = os.cpu_count() or 1
+            workers = min(4, cpus) if cpus > 1 else 0
+            run = _RunFrozen(self._frozen_path(), threads=max(1, cpus // max(1, workers)))
+            loader = DataLoader(_Images(todo, self.eval_preset, self.train_preset),
+                                batch_size=max(1, self.batch_size // len(views)), collate_fn=run, num_workers=workers)
+            with tqdm(total=len(todo), desc=f"{desc} (views {', '.join(map(str, views))})", unit="img",
+                      leave=False) as bar:
+                for keys, feats, errs in loader:
+                    errors.update({samples[i][0]: err for i, err in errs.items()})
+                    for (i, view), f in zip(keys, feats if feats is not None else []):
+                        out[view][i] = f
+                        if self.cache:
+                            self._save(self._cache_path(digests[i], view), f)
+                    bar.update(len(errs) + len({i for i, _ in keys}))
         if errors:
             reasons = Counter(e.split(":")[0] for e in errors.values())
             first = next(iter(errors.items()))
             log.warning("skipped %d unreadable image(s) %s, e.g. %s: %s", len(errors), dict(reasons), *first)
-        keep = [i for i, f in enumerate(out) if f is not None]
-        return Features(np.stack([out[i] for i in keep]).astype(np.float32) if keep else np.zeros((0,), np.float32),
+        return [self._features(samples, out[view]) for view in views]
+
+    @staticmethod
+    def _save(path: Path, f: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, f)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _features(samples: list[Sample], feats: list[np.ndarray | None]) -> Features:
+        keep = [i for i, f in enumerate(feats) if f is not None]
+        return Features(np.stack([feats[i] for i in keep]).astype(np.float32) if keep else np.zeros((0,), np.float32),
                         np.asarray([samples[i][1] for i in keep], np.int64), [samples[i][0] for i in keep])

@@ -70,7 +70,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     # Only fixed, known weights make features cacheable (random and scratch backbones differ every run).
     extractor = FeatureExtractor(model, cache_dir if model.pretrained else None,
                                  frozen_dir=cache_dir.parent / "frozen" if cache_dir else None)
-    views = [extractor.extract(ds.splits["train"], v, "train features") for v in range(cfg.aug_views + 1)]
+    views = extractor.extract_views(ds.splits["train"], range(cfg.aug_views + 1), "train features")
     val = extractor.extract(ds.splits["val"], 0, "val features")
     timings["features_s"] = time.perf_counter() - t0
 

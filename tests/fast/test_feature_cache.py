@@ -27,6 +27,9 @@ def test_changed_augmentation_settings_never_reuse_cached_views(tmp_path: Path, 
     first = FeatureExtractor(model, cache, batch_size=2)
     plain, augmented = first.extract(samples, 0).x, first.extract(samples, 1).x
     assert np.array_equal(FeatureExtractor(model, cache).extract(samples, 1).x, augmented)  # same settings: reused
+    # Every view from one decode of each image: the same features as one view at a time.
+    both = FeatureExtractor(model, None, batch_size=4).extract_views(samples, (0, 1))
+    assert np.array_equal(both[0].x, plain) and np.array_equal(both[1].x, augmented)
 
     monkeypatch.setattr(training.features, "ClassificationPresetTrain",
                         functools.partial(ClassificationPresetTrain, jitter=0.0, hflip_prob=1.0))
