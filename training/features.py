@@ -77,7 +77,8 @@ class _Images(torch.utils.data.Dataset):
 
 class _RunFrozen:
     """The loader's ``collate_fn``: runs a batch's crops through the frozen part where the batch was made, in a
-    loader worker, with an ONNX Runtime session of ``threads`` threads per worker (opened on first use there).
+    loader worker, with a CPU ONNX Runtime session of ``threads`` threads per worker (opened on first use there);
+    with no ``onnx_path`` it gives the stacked crops.
 
     Each worker decoding, augmenting and running its own batches keeps every core busy; one session on every core
     beside decoding workers waited on its slowest thread whenever a worker took a core (about 40% slower)."""
@@ -94,10 +95,10 @@ class _RunFrozen:
             return keys, None, errors
         x = np.stack([c for _, _, crops, _ in batch if crops is not None for c in crops])
         if self.onnx_path is None:
-            return keys, x, errors  # nothing is frozen (the scratch CNN trains end to end): the images are its input
+            return keys, x, errors  # run on a GPU by the caller, or nothing is frozen (the scratch CNN trains end to end)
         run = self._sessions.get(self.onnx_path)
         if run is None:
-            run = self._sessions[self.onnx_path] = _session(Path(self.onnx_path), self.threads)
+            run = self._sessions[self.onnx_path] = _session(Path(self.onnx_path), self.threads, "cpu")
         return keys, run.run(None, {"input": x})[0], errors
 
 
@@ -147,10 +148,10 @@ def frozen_onnx(model: TransferModel, cut: str, folder: Path, opset: int = 18) -
     return path
 
 
-def _session(path: Path, threads: int | None = None):
+def _session(path: Path, threads: int | None = None, device: str = "auto"):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers_for("auto"))
+    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers_for(device))
 
 
 class FeatureExtractor:
@@ -214,12 +215,18 @@ class FeatureExtractor:
         if todo:
             cpus = os.cpu_count() or 1
             workers = min(4, cpus) if cpus > 1 else 0
-            run = _RunFrozen(self._frozen_path(), threads=max(1, cpus // max(1, workers)))
+            frozen = self._frozen_path()
+            # On a GPU one session in this process runs every batch (CUDA cannot start in forked workers).
+            on_gpu = frozen is not None and providers_for("auto") != ["CPUExecutionProvider"]
+            gpu_run = _session(frozen) if on_gpu else None
+            run = _RunFrozen(None if on_gpu else frozen, threads=max(1, cpus // max(1, workers)))
             loader = DataLoader(_Images(todo, self.eval_preset, self.train_preset),
                                 batch_size=max(1, self.batch_size // len(views)), collate_fn=run, num_workers=workers)
             with tqdm(total=len(todo), desc=f"{desc} (views {', '.join(map(str, views))})", unit="img",
                       leave=False) as bar:
                 for keys, feats, errs in loader:
+                    if gpu_run is not None and feats is not None:
+                        feats = gpu_run.run(None, {"input": feats})[0]
                     errors.update({samples[i][0]: err for i, err in errs.items()})
                     for (i, view), f in zip(keys, feats if feats is not None else []):
                         out[view][i] = f

@@ -69,3 +69,23 @@ def test_unfrozen_last_block_caches_the_body_feature_map(tmp_path: Path) -> None
     feats = FeatureExtractor(model, tmp_path / "cache", frozen_dir=tmp_path / "frozen").extract(samples)
     assert feats.x.shape == (3, 4, 24, 24)
     np.testing.assert_allclose(feats.x, eager(model, samples, "body"), atol=1e-5)
+
+
+def test_with_a_gpu_the_frozen_part_runs_in_this_process(tmp_path: Path, monkeypatch) -> None:
+    """CUDA cannot start in forked loader workers: where a GPU would be used, the workers only decode and augment
+    and one session here runs every batch. (Without a GPU ONNX Runtime runs the session asking for CUDA on the CPU,
+    so the same numbers come back.)"""
+    import training.features
+
+    samples = images(tmp_path / "img")
+    model = tiny_model(3)
+    on_cpu = FeatureExtractor(model, None, frozen_dir=tmp_path / "frozen").extract_views(samples, (0, 1))
+    sessions = []
+    real_session = training.features._session
+    monkeypatch.setattr(training.features, "providers_for",
+                        lambda device: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(training.features, "_session", lambda *a, **k: sessions.append(a) or real_session(a[0]))
+    on_gpu = FeatureExtractor(model, None, frozen_dir=tmp_path / "frozen").extract_views(samples, (0, 1))
+    assert len(sessions) == 1  # one session, opened in this process
+    for a, b in zip(on_cpu, on_gpu):
+        np.testing.assert_allclose(a.x, b.x, atol=1e-6)
