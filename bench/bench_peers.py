@@ -11,7 +11,9 @@ with the project's decoding and preprocessing (ONNX Runtime threads = cores, bat
 TorchServe runs the version's torch checkpoint in its image-classifier handler. On a shared machine use
 ``--rounds 3``: each server runs that many times, in alternating order, and its median round is reported.
 ``--json`` also draws a chart beside the JSON file (``bench/plot_peers.py``).
-Target (printed): this service >= 2x the best peer's requests/s at equal or lower p99.
+Target (printed): this service >= 2x the best peer's requests/s at equal or lower p99. Also printed: the in-process
+ceiling, this project's pipeline with no HTTP at all (measured last, in the same run), against the best peer: no
+server with this model on this machine can pass it.
 """
 from __future__ import annotations
 
@@ -209,6 +211,20 @@ def target_checks(peers: list[dict], clients: list[int]) -> list[dict]:
     return checks
 
 
+def in_process_ceiling(model_dir: Path, batch_sizes: tuple[int, ...] = (8, 16, 32)) -> dict:
+    """The most any HTTP server could serve with this model on this machine: the project's decoding, preprocessing
+    and ONNX Runtime (the variant ``auto`` picks, as the service does) with no HTTP at all, at its best batch size."""
+    from bench.bench_serving import in_process_throughput
+    from imgcls.onnx_model import OnnxClassifier
+
+    model = OnnxClassifier(model_dir, device="auto")
+    model.warmup()
+    by_size = {b: in_process_throughput(model, test_photos(), b, 1500) for b in batch_sizes}
+    best = max(by_size, key=by_size.get)
+    return {"variant": model.variant, "batch_size": best, "images_per_s": by_size[best],
+            "images_per_s_by_batch_size": by_size}
+
+
 def table(peers: list[dict], clients: list[int]) -> str:
     """The results as a markdown table."""
     head = "| server | model | " + " | ".join(f"req/s @{n} | p50 / p99 ms @{n}" for n in clients) + \
@@ -258,16 +274,24 @@ def main() -> None:
             rounds[peer.name].append(measure(peer, model_dir, bodies, clients, args.duration, logs))
     peers = [median_round(rounds[peer.name], clients) for peer in order]
     checks = target_checks(peers, clients)
+    ceiling = in_process_ceiling(model_dir)
     results = {"model": model_dir.name, "cpus": os.cpu_count(), "duration_s": args.duration, "clients": clients,
                "rounds": args.rounds,
                "photos": len(bodies), "load_average_before": load_before,
-               "run_minutes": (time.time() - started) / 60, "peers": peers, "targets": checks}
+               "run_minutes": (time.time() - started) / 60, "peers": peers, "targets": checks,
+               "in_process_ceiling": ceiling}
 
     print("\n" + table(peers, clients) + "\n")
     for c in checks:
         print(f"{c['service']} / {c['best_peer']} at {c['clients']} clients: {c['ratio']:.2f}x requests/s "
               f"(target >= {TARGET_RATIO:.0f}x), p99 {c['p99_ms']:.0f} vs {c['best_peer_p99_ms']:.0f} ms: "
               f"{'met' if c['met'] else 'NOT met'}")
+    best_peers = {c["clients"]: (c["best_peer"], c["ratio"]) for c in checks}
+    for n, (name, _) in best_peers.items():
+        rps = next(p[f"clients_{n}"]["rps"] for p in peers if p["name"] == name)
+        print(f"in-process ceiling (no HTTP: decode + preprocess + ONNX Runtime {ceiling['variant']}, batch "
+              f"{ceiling['batch_size']}): {ceiling['images_per_s']:.1f} img/s = {ceiling['images_per_s'] / rps:.2f}x "
+              f"{name} at {n} clients (a server can at most reach this)")
     for peer in peers:
         if peer.get("available") and peer.get("variant_confirmed") is False:
             print(f"note: {peer['name']}'s /model does not name its variant: check it served what MODEL_VARIANT asked")
