@@ -81,7 +81,7 @@ class _RunFrozen:
     with no ``onnx_path`` it gives the stacked crops.
 
     Each worker decoding, augmenting and running its own batches keeps every core busy; one session on every core
-    beside decoding workers waited on its slowest thread whenever a worker took a core (about 40% slower)."""
+    beside decoding workers waited on its slowest thread whenever a worker took a core (1.4x-1.9x the time here)."""
 
     _sessions: dict[str, object] = {}  # per process: forked workers start with none
 
