@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -71,6 +72,7 @@ def test_unfrozen_last_block_caches_the_body_feature_map(tmp_path: Path) -> None
     np.testing.assert_allclose(feats.x, eager(model, samples, "body"), atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
 def test_with_a_gpu_the_frozen_part_runs_in_this_process(tmp_path: Path, monkeypatch) -> None:
     """CUDA cannot start in forked loader workers: where a GPU would be used, the workers only decode and augment
     and one session here runs every batch. (Without a GPU ONNX Runtime runs the session asking for CUDA on the CPU,
