@@ -286,8 +286,7 @@ def main() -> None:
         print(f"{c['service']} / {c['best_peer']} at {c['clients']} clients: {c['ratio']:.2f}x requests/s "
               f"(target >= {TARGET_RATIO:.0f}x), p99 {c['p99_ms']:.0f} vs {c['best_peer_p99_ms']:.0f} ms: "
               f"{'met' if c['met'] else 'NOT met'}")
-    best_peers = {c["clients"]: (c["best_peer"], c["ratio"]) for c in checks}
-    for n, (name, _) in best_peers.items():
+    for n, name in {c["clients"]: c["best_peer"] for c in checks}.items():
         rps = next(p[f"clients_{n}"]["rps"] for p in peers if p["name"] == name)
         print(f"in-process ceiling (no HTTP: decode + preprocess + ONNX Runtime {ceiling['variant']}, batch "
               f"{ceiling['batch_size']}): {ceiling['images_per_s']:.1f} img/s = {ceiling['images_per_s'] / rps:.2f}x "

@@ -77,16 +77,24 @@ class _Images(torch.utils.data.Dataset):
 
 class _RunFrozen:
     """The loader's ``collate_fn``: runs a batch's crops through the frozen part where the batch was made, in a
-    loader worker, with a CPU ONNX Runtime session of ``threads`` threads per worker (opened on first use there);
-    with no ``onnx_path`` it gives the stacked crops.
+    loader worker, with an ONNX Runtime session of ``threads`` threads on ``device`` (opened on first use in each
+    process, then kept); with no ``onnx_path`` it gives the stacked crops.
 
     Each worker decoding, augmenting and running its own batches keeps every core busy; one session on every core
     beside decoding workers waited on its slowest thread whenever a worker took a core (1.4x-1.9x the time here)."""
 
-    _sessions: dict[str, object] = {}  # per process: forked workers start with none
+    _sessions: dict[tuple[str, str], object] = {}  # per process: forked workers start with none
 
-    def __init__(self, onnx_path: Path | None, threads: int) -> None:
-        self.onnx_path, self.threads = (str(onnx_path) if onnx_path else None), threads
+    def __init__(self, onnx_path: Path | None, threads: int | None, device: str = "cpu") -> None:
+        self.onnx_path, self.threads, self.device = (str(onnx_path) if onnx_path else None), threads, device
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The frozen part's output for a batch of crops."""
+        key = (self.onnx_path, self.device)
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = _session(Path(self.onnx_path), self.threads, self.device)
+        return session.run(None, {"input": x})[0]
 
     def __call__(self, batch) -> tuple[list[tuple[int, int]], np.ndarray | None, dict[int, str]]:
         keys = [(index, view) for index, views, crops, _ in batch if crops is not None for view in views]
@@ -94,12 +102,8 @@ class _RunFrozen:
         if not keys:
             return keys, None, errors
         x = np.stack([c for _, _, crops, _ in batch if crops is not None for c in crops])
-        if self.onnx_path is None:
-            return keys, x, errors  # run on a GPU by the caller, or nothing is frozen (the scratch CNN trains end to end)
-        run = self._sessions.get(self.onnx_path)
-        if run is None:
-            run = self._sessions[self.onnx_path] = _session(Path(self.onnx_path), self.threads, "cpu")
-        return keys, run.run(None, {"input": x})[0], errors
+        # no onnx_path: run on a GPU by the caller, or nothing is frozen (the scratch CNN trains end to end)
+        return keys, (self.run(x) if self.onnx_path else x), errors
 
 
 class _Frozen(nn.Module):
@@ -218,15 +222,15 @@ class FeatureExtractor:
             frozen = self._frozen_path()
             # On a GPU one session in this process runs every batch (CUDA cannot start in forked workers).
             on_gpu = frozen is not None and providers_for("auto") != ["CPUExecutionProvider"]
-            gpu_run = _session(frozen) if on_gpu else None
+            gpu = _RunFrozen(frozen, None, "auto") if on_gpu else None
             run = _RunFrozen(None if on_gpu else frozen, threads=max(1, cpus // max(1, workers)))
             loader = DataLoader(_Images(todo, self.eval_preset, self.train_preset),
                                 batch_size=max(1, self.batch_size // len(views)), collate_fn=run, num_workers=workers)
             with tqdm(total=len(todo), desc=f"{desc} (views {', '.join(map(str, views))})", unit="img",
                       leave=False) as bar:
                 for keys, feats, errs in loader:
-                    if gpu_run is not None and feats is not None:
-                        feats = gpu_run.run(None, {"input": feats})[0]
+                    if gpu is not None and feats is not None:
+                        feats = gpu.run(feats)
                     errors.update({samples[i][0]: err for i, err in errs.items()})
                     for (i, view), f in zip(keys, feats if feats is not None else []):
                         out[view][i] = f
