@@ -1,7 +1,11 @@
 """Fitting what a model version needs to know what it does not know, and to say how sure it is.
 
-- :func:`fit_detector`: the open-set detector (``imgcls.novelty``), fitted on the training split's embeddings
-  and calibrated on the validation split to accept ``accept`` of its photos (default 99%).
+- :func:`fit_detector`: the open-set detector (``imgcls.novelty``). Where the classes are distinct ImageNet
+  concepts (``training.concepts``: "domestic cat", "dog"), it is the backbone's own ImageNet probability mass on
+  those concepts, every breed included, calibrated on the training and validation photos, augmented views too, to
+  accept ``accept`` of them (default 99%). Otherwise it is the density score (and, for backbones with an ImageNet
+  classifier, the ImageNet classes the training photos activate), fitted on the training split's views and
+  calibrated on the validation split.
 - :func:`fit_temperature`: temperature scaling of the head's logits, fitted on the validation split; it is folded
   into the head's last linear layer (:func:`apply_temperature`), so the exported ``probabilities`` are calibrated
   and the arg-max (accuracy) is unchanged.
@@ -21,6 +25,7 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from imgcls.novelty import NOVELTY_FILE, NoveltyDetector, l2_normalize
+from training.concepts import concept_mask, find_concepts
 from training.features import Features
 from training.models import TransferModel
 
@@ -30,7 +35,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class OpenSetConfig:
     accept: float = 0.99  # share of the validation photos the calibrated threshold accepts as known
-    scores: str = "auto"  # auto (imagenet + density where the backbone has an ImageNet head), density, imagenet
+    # auto: imagenet alone where the classes are ImageNet concepts; imagenet + density where the backbone has an
+    # ImageNet head but they are not; density otherwise. Or density, imagenet, imagenet,density.
+    scores: str = "auto"
 
 
 # -- embeddings and logits from cached features -------------------------------------------------------------------
@@ -136,8 +143,10 @@ def fit_imagenet(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[
             "imagenet_known": mean / mean.max()}
 
 
-def choose_scores(requested: str, has_imagenet_head: bool) -> tuple[str, ...]:
+def choose_scores(requested: str, has_imagenet_head: bool, has_concepts: bool = False) -> tuple[str, ...]:
     if requested == "auto":
+        if has_concepts:
+            return ("imagenet",)
         return ("imagenet", "density") if has_imagenet_head else ("density",)
     names = tuple(dict.fromkeys(s.strip() for s in requested.split(",") if s.strip()))
     if not names or set(names) - {"density", "imagenet"}:
@@ -149,44 +158,66 @@ def choose_scores(requested: str, has_imagenet_head: bool) -> tuple[str, ...]:
 
 
 def fit_detector(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray, n_classes: int,
-                 imagenet_head: tuple[np.ndarray, np.ndarray] | None,
-                 cfg: OpenSetConfig) -> tuple[NoveltyDetector, dict[str, Any]]:
-    """Fit each chosen score on the training embeddings, then scale and calibrate them on the validation ones.
+                 imagenet_head: tuple[np.ndarray, np.ndarray] | None, cfg: OpenSetConfig,
+                 labels: list[str] | None = None) -> tuple[NoveltyDetector, dict[str, Any]]:
+    """Fit each chosen score on the training embeddings (every view of every training photo: ``train_emb`` and
+    ``train_y`` may repeat a photo once per view), then scale and calibrate them.
 
-    Returns the detector and its metadata block (``scores``, ``scales``, ``threshold``, the acceptance reached)."""
+    Returns the detector and its metadata block (``scores``, ``scales``, ``threshold``, ``concepts``, the
+    acceptance reached)."""
     if not 0.5 <= cfg.accept < 1.0:
         raise ValueError(f"--novelty-accept must be in [0.5, 1), not {cfg.accept}")
-    scores = choose_scores(cfg.scores, imagenet_head is not None)
+    labels = labels or [str(k) for k in range(n_classes)]
+    concepts = None
+    if imagenet_head is not None and len(imagenet_head[1]) == 1000:  # ImageNet-1k, as the hierarchy describes
+        w, b = imagenet_head
+        concepts = find_concepts((train_emb @ w.T.astype(np.float64) + b).argmax(1), train_y, labels)
+    scores = choose_scores(cfg.scores, imagenet_head is not None, concepts is not None)
     arrays: dict[str, np.ndarray] = {}
     if "density" in scores:
         arrays |= fit_density(train_emb, train_y, n_classes)
     if "imagenet" in scores:
         assert imagenet_head is not None
         arrays |= fit_imagenet(train_emb, *imagenet_head)
+        if concepts is not None:
+            arrays["imagenet_known"] = concept_mask(concepts)
     # Rounded as novelty.npz stores them (float32), so the threshold is calibrated on exactly what is served.
     arrays = {k: v.astype(np.float32).astype(np.float64) if v.dtype.kind == "f" else v for k, v in arrays.items()}
     detector = NoveltyDetector(scores, {s: 1.0 for s in scores}, 1.0, arrays)
-    raw = detector.raw_scores(val_emb)
-    # Each score in units of its own threshold on val, so that the largest of them is a fair combination; "higher":
-    # a threshold is a real val score, so at least `accept` of val is accepted even when val is tiny.
+    # The concept score is fitted to nothing but which concepts the classes are, so every photo the training data
+    # has, its augmented (shrunk, recompressed, cropped) views too, calibrates it; the density score is fitted on
+    # the training split, so only the held-out validation photos can.
+    calibration = np.concatenate([val_emb, train_emb]) if scores == ("imagenet",) and concepts else val_emb
+    raw = detector.raw_scores(calibration)
+    # Each score in units of its own threshold, so that the largest of them is a fair combination; "higher":
+    # a threshold is a real score, so at least `accept` of the photos are accepted even when they are few.
     detector.scales = {s: max(float(np.quantile(raw[s], cfg.accept, method="higher")), 1e-12) for s in scores}
-    detector.threshold = max(float(np.quantile(detector.novelty(val_emb), cfg.accept, method="higher")), 1e-12)
+    detector.threshold = max(float(np.quantile(detector.novelty(calibration), cfg.accept, method="higher")), 1e-12)
     val_novelty = detector.novelty(val_emb)
+    if concepts is not None and "imagenet" in scores:
+        decides = ("the backbone's ImageNet probability mass on the classes' concepts (" +
+                   ", ".join(f"{c.label}: {c.name.split(',')[0]}, {len(c.imagenet_classes)} ImageNet classes"
+                             for c in concepts) + ")")
+    else:
+        decides = " and ".join({"density": "the distance to the training photos' class means (density)",
+                                "imagenet": "the ImageNet classes the training photos activate"}[s] for s in scores)
     info = {
         "file": NOVELTY_FILE,
         "scores": list(scores),
         "scales": detector.scales,
         "threshold": detector.threshold,
         "known_if": "novelty <= 1 (novelty is the largest score over its scale, over the threshold)",
+        "decides": decides,
+        "concepts": [c.to_dict() for c in concepts] if concepts is not None else None,
         "accept_target": cfg.accept,
+        "calibrated_on": "val and every training view" if calibration is not val_emb else "val",
         "val_accepted": float((val_novelty <= 1.0).mean()) if len(val_novelty) else None,
         "fitted_on": {"train": int(len(train_emb)), "val": int(len(val_emb))},
         "embedding": "mean over the spatial axes of the ONNX 'features' output",
         **({"imagenet_top_classes": [int(i) for i in np.argsort(arrays["imagenet_known"])[::-1][:10]]}
-           if "imagenet" in scores else {}),
+           if "imagenet" in scores and concepts is None else {}),
     }
-    log.info("open-set detector: scores %s, %s of val accepted (target %s)", "+".join(scores),
-             info["val_accepted"], cfg.accept)
+    log.info("open-set detector: %s; %s of val accepted (target %s)", decides, info["val_accepted"], cfg.accept)
     return detector, info
 
 
@@ -217,11 +248,11 @@ def open_set_metrics(known: np.ndarray, other: np.ndarray) -> dict[str, float | 
     return result
 
 
-def calibrate_and_fit(model: TransferModel, train: Features, val: Features, n_classes: int,
+def calibrate_and_fit(model: TransferModel, train: list[Features], val: Features, labels: list[str],
                       cfg: OpenSetConfig) -> tuple[NoveltyDetector, dict[str, Any]]:
     """After the head is trained: fold the validation-fitted temperature into it, fit the open-set detector.
 
-    ``train``/``val`` are the extractor's view-0 features. Returns the detector and the ``calibration`` and
+    ``train`` holds the extractor's features of every training view (view 0 first), ``val`` its view-0 features. Returns the detector and the ``calibration`` and
     ``novelty`` blocks of the version's metadata."""
     val_logits = head_logits(model, val)
     temperature = fit_temperature(val_logits, val.y)
@@ -234,6 +265,7 @@ def calibrate_and_fit(model: TransferModel, train: Features, val: Features, n_cl
     }
     log.info("temperature %.3f: val ECE %.4f -> %.4f", temperature, calibration["val_ece_before"],
              calibration["val_ece_after"])
-    detector, info = fit_detector(embeddings(model, train), train.y, embeddings(model, val), n_classes,
-                                  model.imagenet_head, cfg)
+    detector, info = fit_detector(np.concatenate([embeddings(model, v) for v in train]),
+                                  np.concatenate([v.y for v in train]), embeddings(model, val), len(labels),
+                                  model.imagenet_head, cfg, labels)
     return detector, {"calibration": calibration, "novelty": info}
