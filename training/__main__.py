@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
                       fit=FitConfig(epochs=args.epochs, lr=args.lr, seed=args.seed),
                       open_set=OpenSetConfig(args.novelty_accept, args.novelty_scores))
     version, meta = train(_dataset(args), cfg, registry, cache_dir=registry.root / "cache" / "features",
-                          ood=args.ood)
+                          ood=args.ood, shifted=args.shifted)
     promote = args.promote if args.promote is not None else registry.current() is None
     if promote:
         registry.promote(version, reason="train")
@@ -48,6 +48,7 @@ def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
           f"roc-auc {test['roc_auc']}, {test['n']} images; {meta['timings']['total_s']:.0f} s"
           f"{'; promoted to current' if promote else ''}")
     _print_open_set(test)
+    _print_shifted(meta["metrics"].get("shifted"))
     print(f"report: {registry.resolve(version) / 'report' / 'report.md'}")
     return 0
 
@@ -76,6 +77,10 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
                         + ("" if args.split == "all" else "; --split all scores every image"))
     result = evaluate_onnx(model_dir, samples, ds.classes, device=args.device, variant=args.variant, ood=args.ood)
     result["split"], result["data"] = args.split, ds.root
+    if args.shifted:
+        from training.evaluate import evaluate_shifted
+
+        result["shifted"] = evaluate_shifted(model_dir, args.shifted, device=args.device, variant=args.variant)
     if args.report:
         from training.openset_report import write_evaluation_report
 
@@ -88,7 +93,17 @@ def cmd_evaluate(args: argparse.Namespace, registry: Registry) -> int:
               f"n={result['n']}, misclassified {len(result['misclassified'])}, skipped {len(result['skipped'])}")
         print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
         _print_open_set(result)
+        _print_shifted(result.get("shifted"))
     return 0
+
+
+def _print_shifted(shifted: list[dict] | None) -> None:
+    if shifted:
+        from training.evaluate import shifted_lines
+
+        print("photos from other sources:")
+        for line in shifted_lines(shifted):
+            print(f"  {line}")
 
 
 def cmd_promote(args: argparse.Namespace, registry: Registry) -> int:
@@ -136,7 +151,7 @@ def cmd_retrain(args: argparse.Namespace, registry: Registry) -> int:
     report = retrain(registry, new_data=args.data, base=args.base, min_gain=args.min_gain,
                      original_data=args.original_data, feedback=args.feedback, epochs=args.epochs,
                      limit_per_class=args.limit_per_class, aug_views=args.aug_views, ood=args.ood,
-                     max_ood_drop=args.max_ood_drop)
+                     max_ood_drop=args.max_ood_drop, shifted=args.shifted, max_neither_rise=args.max_neither_rise)
     print(report["summary"])
     return 0
 
@@ -176,6 +191,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
                    help="open-set scores: auto (imagenet,density where the backbone has an ImageNet classifier, "
                         "else density), density, imagenet, or imagenet,density")
     p.add_argument("--ood", type=Path, help="a folder of photos of none of the classes: open-set figures in the report")
+    p.add_argument("--shifted", type=Path, nargs="+", default=[], help="labelled photos of the classes from other sources (any layout, every image scored): accuracy, "
+                        "log-loss, calibration error and the share answered neither; repeatable")
     p.set_defaults(func=cmd_train)
 
     p = command("evaluate", help="evaluate a model version with ONNX Runtime on a data split")
@@ -192,6 +209,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     p.add_argument("--ood", type=Path, help="a folder of photos of none of the model's classes: open-set AUROC, "
                                             "FPR at 95%% TPR and the share flagged unknown")
     p.add_argument("--report", type=Path, help="write plots (reliability, novelty distributions) to this folder")
+    p.add_argument("--shifted", type=Path, nargs="+", default=[], help="labelled photos of the classes from other sources (any layout, every image scored): accuracy, "
+                        "log-loss, calibration error and the share answered neither; repeatable")
     p.set_defaults(func=cmd_evaluate)
 
     p = command("export", help="re-export a version's checkpoint to an ONNX file, with the parity check")
@@ -230,6 +249,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
                                             "of them than the base by more than --max-ood-drop")
     p.add_argument("--max-ood-drop", type=float, default=0.01,
                    help="largest drop in the share of --ood photos flagged unknown (default 0.01: 1 point)")
+    p.add_argument("--shifted", type=Path, nargs="+", default=[],
+                   help="labelled photos of the classes from other sources: refuse a candidate that answers "
+                        "neither for more of them than the base, by more than --max-neither-rise")
+    p.add_argument("--max-neither-rise", type=float, default=0.01,
+                   help="largest rise in the share of --shifted photos answered neither (default 0.01: 1 point)")
     p.set_defaults(func=cmd_retrain)
 
     args = parser.parse_args(argv)

@@ -85,7 +85,8 @@ def _with_novelty(model, novelty: list[np.ndarray]) -> Callable[[np.ndarray], np
 
 
 def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], device: str = "auto",
-                  meta: dict | None = None, variant: str = "fp32", ood: Path | str | None = None) -> dict:
+                  meta: dict | None = None, variant: str = "fp32", ood: Path | str | None = None,
+                  keep_paths: bool = False) -> dict:
     """Load a version folder (its ``variant``) in ONNX Runtime and compute :func:`classification_metrics` on
     ``samples``, the expected calibration error, and (for a version with an open-set detector) the share of
     ``samples`` flagged as unknown; with ``ood`` (a folder of photos of other things) also AUROC, FPR at 95% TPR and
@@ -106,6 +107,8 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
         raise ValueError(f"none of the {len(samples)} images could be read, e.g. {next(iter(errors.items()), '')}")
     result = classification_metrics(y, probs, model.labels, paths)
     result["skipped"] = {str(p): e for p, e in errors.items()}
+    if keep_paths:  # in the order of open_set.novelty.in
+        result["scored_paths"] = [str(p) for p in paths]
     result["model"], result["variant"] = model.version, model.variant
     result["ece"] = expected_calibration_error(probs, y)
     result["reliability"] = reliability(probs, y)
@@ -128,3 +131,32 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
                               "novelty": {"in": [round(float(v), 5) for v in known],
                                           "out": [round(float(v), 5) for v in other]}}
     return result
+
+
+def evaluate_shifted(model_dir: Path, folders: list[Path | str], device: str = "auto", variant: str = "fp32",
+                     meta: dict | None = None) -> list[dict]:
+    """For each labelled folder of photos from another source than the training data (any layout the training
+    data may have, every image scored): accuracy, log-loss, expected calibration error and the share answered
+    "neither" (``known: false``), which for photos of the model's own classes is always wrong."""
+    from training.data import create_dataset
+
+    out = []
+    for folder in folders:
+        ds = create_dataset(folder)
+        samples = ds.select("all")
+        if not samples:
+            raise ValueError(f"--shifted folder {folder} holds no labelled images")
+        r = evaluate_onnx(model_dir, samples, ds.classes, device=device, meta=meta, variant=variant, keep_paths=True)
+        novelty = (r.get("open_set") or {}).get("novelty", {}).get("in", [])
+        out.append({"data": str(folder), "n": r["n"], "accuracy": r["accuracy"], "log_loss": r["log_loss"],
+                    "ece": r["ece"], "answered_neither": (r.get("open_set") or {}).get("flagged_in"),
+                    "model": r["model"], "variant": r["variant"], "misclassified": r["misclassified"],
+                    "neither": [p for p, v in zip(r["scored_paths"], novelty) if v > 1]})
+    return out
+
+
+def shifted_lines(shifted: list[dict]) -> list[str]:
+    """One line per shifted folder, as ``evaluate`` prints them and the reports show them."""
+    return [f"{s['data']}: accuracy {s['accuracy']:.4f}, log-loss {s['log_loss']:.4f}, ECE {s['ece']:.4f}, "
+            + (f"answered neither {s['answered_neither']:.2%}" if s["answered_neither"] is not None
+               else "no open-set detector") + f" (n={s['n']})" for s in shifted]

@@ -99,6 +99,14 @@ def class_activation_maps(model: TransferModel, paths: list[Path], classes: list
     plt.close(fig)
 
 
+def _split_row(name: str, m: dict) -> str:
+    """One row of the report's table: a split of the training data, or a folder of photos from another source."""
+    neither = m.get("answered_neither", (m.get("open_set") or {}).get("flagged_in"))
+    ece = f"{m['ece']:.4f}" if m.get("ece") is not None else "-"
+    return (f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {ece} | "
+            f"{'-' if neither is None else f'{neither:.2%}'} |")
+
+
 def write_report(out: Path, meta: dict, history: list[dict], model: TransferModel | None,
                  cam_paths: list[Path]) -> None:
     """metrics.json, report.md and PNG plots into ``out``."""
@@ -122,9 +130,10 @@ def write_report(out: Path, meta: dict, history: list[dict], model: TransferMode
 Backbone `{meta['backbone']}`, {len(meta['labels'])} classes, data `{meta['data']['root']}`
 (manifest sha256 `{meta['data']['manifest_sha256'][:16]}...`).
 
-| split | n | accuracy | log-loss |
-|---|---|---|---|
-""" + "\n".join(f"| {s} | {m['n']} | {m['accuracy']:.4f} | {m['log_loss']:.4f} |" for s, m in meta["metrics"].items())
+| split | n | accuracy | log-loss | calibration error | answered neither |
+|---|---|---|---|---|---|
+""" + "\n".join(_split_row(s, m) for s, m in meta["metrics"].items() if s != "shifted")
+        + "".join("\n" + _split_row(f"`{m['data']}` (another source)", m) for m in meta["metrics"].get("shifted", []))
         + f"""
 
 Test ROC-AUC: {auc}

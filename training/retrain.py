@@ -23,7 +23,7 @@ from imgcls.feedback import CONFLICTS_FILE, conflicted_hashes, pixel_sha256
 from imgcls.images import ImageError, decode_image
 from imgcls.registry import Registry, default_feedback_dir, load_metadata, now_iso, sha256_file, write_atomic
 from training.data import Dataset, DataError, Sample, create_dataset
-from training.evaluate import evaluate_onnx
+from training.evaluate import evaluate_onnx, evaluate_shifted
 
 if TYPE_CHECKING:
     from training.train import TrainConfig
@@ -66,6 +66,23 @@ def open_set_gate(decision: Decision, base: dict, candidate: dict, max_drop: flo
                                f"photos against the base's {b:.2%} (at most {max_drop:.2%} lower allowed)")
     if decision.promote:
         return Decision(True, f"{decision.reason}; open-set rejection {c:.2%} of the --ood photos (base {b:.2%})")
+    return decision
+
+
+def shifted_gate(decision: Decision, base: list[dict], candidate: list[dict], max_rise: float) -> Decision:
+    """Refuse a candidate that answers "neither" for a larger share of a ``--shifted`` folder's photos (cats and
+    dogs from other sources) than the base, by more than ``max_rise``. A model without a detector answers none."""
+    for b, c in zip(base, candidate):
+        b_share, c_share = b["answered_neither"] or 0.0, c["answered_neither"] or 0.0
+        if c_share > b_share + max_rise + _EPS:
+            joint = ", but" if decision.promote else "; also"
+            decision = Decision(False, f"{decision.reason}{joint} it answers neither for {c_share:.2%} of the photos "
+                                       f"in {c['data']} against the base's {b_share:.2%} (at most {max_rise:.2%} "
+                                       "more allowed)")
+    if decision.promote and candidate:
+        shares = ", ".join(f"{c['answered_neither'] or 0:.2%} of {c['data']} (base {b['answered_neither'] or 0:.2%})"
+                           for b, c in zip(base, candidate))
+        return Decision(True, f"{decision.reason}; answered neither for {shares}")
     return decision
 
 
@@ -208,13 +225,15 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
             min_gain: float = 0.0, original_data: str | Path | None = None, feedback: Path | None = None,
             epochs: int | None = None, limit_per_class: int | None = None,
             aug_views: int | None = None, ood: Path | str | None = None,
-            max_ood_drop: float = 0.01) -> dict[str, Any]:
+            max_ood_drop: float = 0.01, shifted: Iterable[Path | str] = (),
+            max_neither_rise: float = 0.01) -> dict[str, Any]:
     """Train a candidate on original + new data + feedback, compare it with ``base``, promote it if good enough.
 
     ``limit_per_class`` caps the original and new data per class and split (quick runs), as ``train`` does.
     ``epochs``/``aug_views`` override the base's settings. With ``ood`` (photos of none of the classes), a candidate
-    whose share of them flagged unknown is lower than the base's by more than ``max_ood_drop`` is refused.
-    Returns the report (also written to disk).
+    whose share of them flagged unknown is lower than the base's by more than ``max_ood_drop`` is refused; with
+    ``shifted`` (labelled photos of the classes from other sources), one that answers "neither" for more of them
+    than the base by more than ``max_neither_rise``. Returns the report (also written to disk).
     """
     from training.train import limit_per_class as limit, train
 
@@ -248,6 +267,7 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
         "base": {"ref": base, "version": base_version, "was_current": base_version == current_at_start},
         "current_at_start": current_at_start, "min_gain": min_gain,
         "ood": {"dir": str(ood), "max_drop": max_ood_drop} if ood is not None else None,
+        "shifted": {"dirs": [str(d) for d in shifted], "max_neither_rise": max_neither_rise} if shifted else None,
         "rule": "promote if candidate accuracy >= base accuracy + min_gain; on equal accuracy, "
                 "if candidate log-loss <= base log-loss",
         "evaluation": {"data": original.root, "split": EVAL_SPLIT, "n_files": len(eval_set),
@@ -278,6 +298,13 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
         decision = decide(base_eval, cand_eval, min_gain)
         if ood is not None:
             decision = open_set_gate(decision, base_eval, cand_eval, max_ood_drop)
+        if shifted:
+            base_shifted = evaluate_shifted(base_dir, list(shifted), device="cpu")
+            cand_shifted = evaluate_shifted(registry.resolve(candidate), list(shifted), device="cpu")
+            report["base"]["shifted"], report["candidate"]["shifted"] = (
+                [{k: v for k, v in s.items() if k not in ("misclassified", "neither")} for s in x]
+                for x in (base_shifted, cand_shifted))
+            decision = shifted_gate(decision, base_shifted, cand_shifted, max_neither_rise)
         now_current = registry.current()
         if decision.promote and current_at_start != now_current:
             decision = Decision(False, f"{decision.reason}, but current changed during the run "
@@ -351,6 +378,13 @@ def markdown(report: dict) -> str:
                 flagged = "no detector (flags none)" if not o else f"{o['flagged_out']:.2%} of {o['n_out']} " \
                     f"(test split {o['flagged_in']:.2%})"
                 lines.append(f"- {name}: {flagged}")
+    if report.get("shifted"):
+        lines += ["", "Photos of the classes from other sources: share answered neither (a candidate may be at most "
+                      f"{report['shifted']['max_neither_rise']:.2%} higher than the base):"]
+        for name, m in (("base", b), ("candidate", c)):
+            for s in m.get("shifted") or []:
+                lines.append(f"- {name}: `{s['data']}` {s['answered_neither'] or 0:.2%} of {s['n']} "
+                             f"(accuracy {s['accuracy']:.4f})")
     lines += ["", f"`current` at the start: `{report['current_at_start']}`.", "",
               "## Candidate training data", "",
               "| source | used | train | val | dropped (in eval split / duplicate) |", "|---|---|---|---|---|"]

@@ -15,7 +15,7 @@ from imgcls.reference import write_reference
 from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
 from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
 from training.data import Dataset, Sample
-from training.evaluate import evaluate_onnx
+from training.evaluate import evaluate_onnx, evaluate_shifted
 from training.export import export_onnx, head_weights, parity_batch
 from training.features import FeatureExtractor
 from training.fit import FitConfig, fit
@@ -53,11 +53,13 @@ def limit_per_class(ds: Dataset, n: int | None) -> Dataset:
 
 
 def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path | None = None,
-          parent: str | None = None, sources: dict | None = None, ood: Path | None = None) -> tuple[str, dict]:
+          parent: str | None = None, sources: dict | None = None, ood: Path | None = None,
+          shifted: list[Path] | None = None) -> tuple[str, dict]:
     """Train, export and evaluate a model on ``ds``; add it to ``registry`` as a new (unpromoted) version.
 
     ``parent`` and ``sources`` (where a retrain's data came from) are recorded in the version's metadata; ``ood``,
-    a folder of photos of none of the classes, adds open-set figures to the test metrics."""
+    a folder of photos of none of the classes, adds open-set figures to the test metrics; ``shifted``, labelled
+    folders of the classes from other sources, adds their figures (``metrics.shifted``)."""
     for split in ("train", "val", "test"):
         if not ds.splits.get(split):
             raise ValueError(f"the {split} split of {ds.root} is empty")
@@ -76,7 +78,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
 
     t1 = time.perf_counter()
     history = fit(model, views, val, cfg.fit)
-    detector, open_set_meta = calibrate_and_fit(model, views[0], val, len(ds.classes), cfg.open_set)
+    detector, open_set_meta = calibrate_and_fit(model, views, val, ds.classes, cfg.open_set)
     timings["fit_s"] = time.perf_counter() - t1
 
     staging = registry.staging_dir()
@@ -117,6 +119,8 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
             "val": _summary(evaluate_onnx(staging, ds.splits["val"], ds.classes, device="cpu", meta=meta)),
             "test": evaluate_onnx(staging, ds.splits["test"], ds.classes, device="cpu", meta=meta, ood=ood),
         }
+        if shifted:
+            meta["metrics"]["shifted"] = evaluate_shifted(staging, shifted, device="cpu", meta=meta)
         timings["evaluate_s"] = time.perf_counter() - t3
         t5 = time.perf_counter()
         meta["variants"] = build_variants(staging, meta, ds.splits["train"], ds.splits["test"])
