@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imgcls.registry import load_metadata
@@ -28,7 +29,10 @@ def load_model(model_dir: Path) -> TransferModel:
     t = meta["training"]
     model = create_model(meta["backbone"], len(meta["labels"]), weights=Path(t["weights"]) if t["weights"] else None,
                          random_init=not meta["pretrained"], dropout=t["dropout"],
-                         unfreeze_last_block=meta["unfreeze_last_block"])
+                         unfreeze_last_block=meta["unfreeze_last_block"],
+                         # a concept head's buffers (masks, the ImageNet classifier) come from the checkpoint
+                         concept_masks=np.zeros((len(meta["labels"]), 1000), bool)
+                         if (meta.get("head") or {}).get("concepts") else None)
     state = torch.load(model_dir / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     missing = model.load_state_dict(state, strict=not meta["pretrained"])
     if meta["pretrained"] and missing.unexpected_keys:

@@ -35,6 +35,35 @@ class Backbone:
     imagenet_head: tuple[np.ndarray, np.ndarray] | None = None
 
 
+class ConceptHead(nn.Module):
+    """Dropout + linear over the pooled embedding, plus for each class a learned multiple of the log-probability
+    that the backbone's own ImageNet classifier gives the class's ImageNet concept (``training.concepts``: every
+    breed of "dog", every "domestic cat"), which knows breeds and looks the training photos may never show.
+
+    ``linear`` is the part a class activation map shows; the concept term is left out of it."""
+
+    def __init__(self, channels: int, num_classes: int, dropout: float, imagenet_weight: np.ndarray,
+                 imagenet_bias: np.ndarray, masks: np.ndarray) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(channels, num_classes)
+        self.concept_weight = nn.Parameter(torch.zeros(num_classes))
+        self.register_buffer("imagenet_weight", torch.as_tensor(imagenet_weight, dtype=torch.float32).clone())
+        self.register_buffer("imagenet_bias", torch.as_tensor(imagenet_bias, dtype=torch.float32).clone())
+        self.register_buffer("concept_masks", torch.as_tensor(masks, dtype=torch.float32).clone())  # (classes, 1000)
+
+    def concept_log_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, classes): log of the ImageNet probability mass on each class's concept (at least 1e-12).
+
+        Softmax, a product with the 0/1 masks and a log: plain ops that ONNX Runtime's quantization tools can
+        infer shapes through (a masked log-sum-exp stopped them)."""
+        p = torch.softmax(x @ self.imagenet_weight.T + self.imagenet_bias, dim=1)
+        return torch.log(torch.clamp(p @ self.concept_masks.T, min=1e-12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(x)) + self.concept_weight * self.concept_log_probs(x)
+
+
 class TransferModel(nn.Module):
     """``head(pool(last(body(x))))``; ``features(x)`` is the last convolutional feature map."""
 
@@ -68,9 +97,22 @@ class TransferModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
 
+    def use_concepts(self, masks: np.ndarray) -> None:
+        """Replace the (untrained) head by a :class:`ConceptHead` over the classes' ImageNet concepts ``masks``."""
+        if self.imagenet_head is None:
+            raise ValueError("a concept head needs a backbone with an ImageNet classifier")
+        linear = [m for m in self.head if isinstance(m, nn.Linear)][0]
+        dropout = [m.p for m in self.head if isinstance(m, nn.Dropout)]
+        self.head = ConceptHead(linear.in_features, linear.out_features, dropout[0] if dropout else 0.0,
+                                *self.imagenet_head, masks)
+
     @property
     def linear_head(self) -> nn.Linear | None:
-        """The head's linear layer when the head is linear over pooled channels (then CAMs are exact)."""
+        """The head's linear layer when the head is linear over pooled channels (then CAMs are exact), or a concept
+        head's linear part (its CAMs leave the concept term out)."""
+        pooled = isinstance(self.pool[0], nn.AdaptiveAvgPool2d) and self.pool[0].output_size in (1, (1, 1))
+        if isinstance(self.head, ConceptHead):
+            return self.head.linear if pooled else None
         layers = [m for m in self.head if not isinstance(m, nn.Dropout)]
         single = len(layers) == 1 and isinstance(layers[0], nn.Linear)
         return layers[0] if single and isinstance(self.pool[0], nn.AdaptiveAvgPool2d) and \
@@ -227,8 +269,10 @@ BACKBONES: dict[str, Callable[[Path | None, bool], Backbone]] = {
 
 
 def create_model(name: str, num_classes: int, *, weights: Path | None = None, random_init: bool = False,
-                 dropout: float = 0.2, unfreeze_last_block: bool = False) -> TransferModel:
-    """The factory between scripts and library code: a backbone by name with a new ``num_classes`` head."""
+                 dropout: float = 0.2, unfreeze_last_block: bool = False,
+                 concept_masks: np.ndarray | None = None) -> TransferModel:
+    """The factory between scripts and library code: a backbone by name with a new ``num_classes`` head (a
+    :class:`ConceptHead` over ``concept_masks``, when given)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     backbone = BACKBONES[name](weights, random_init or name == "scratch")
@@ -237,4 +281,7 @@ def create_model(name: str, num_classes: int, *, weights: Path | None = None, ra
                              nn.Dropout(0.5), nn.Linear(256, num_classes))
         pool = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten())
         return TransferModel(backbone, num_classes, head=head, pool=pool, trainable_body=True)
-    return TransferModel(backbone, num_classes, dropout=dropout, unfreeze_last_block=unfreeze_last_block)
+    model = TransferModel(backbone, num_classes, dropout=dropout, unfreeze_last_block=unfreeze_last_block)
+    if concept_masks is not None:
+        model.use_concepts(concept_masks)
+    return model

@@ -25,9 +25,9 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from imgcls.novelty import NOVELTY_FILE, NoveltyDetector, l2_normalize
-from training.concepts import concept_mask, find_concepts
+from training.concepts import Concept, concept_mask, find_concepts
 from training.features import Features
-from training.models import TransferModel
+from training.models import ConceptHead, TransferModel
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,14 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def apply_temperature(model: TransferModel, temperature: float) -> None:
-    """Divide the head's last linear layer by ``temperature``: its logits become ``logits / T``."""
+    """Divide the head's last linear layer (and a concept head's concept weights) by ``temperature``: its logits
+    become ``logits / T``."""
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1]
     with torch.no_grad():
         last.weight.div_(temperature)
         last.bias.div_(temperature)
+        if isinstance(model.head, ConceptHead):  # its logits are linear + concept term: both scale
+            model.head.concept_weight.div_(temperature)
 
 
 def uncalibrated(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -143,6 +146,16 @@ def fit_imagenet(emb: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict[
             "imagenet_known": mean / mean.max()}
 
 
+def class_concepts(emb: np.ndarray, y: np.ndarray, labels: list[str],
+                   imagenet_head: tuple[np.ndarray, np.ndarray] | None) -> list[Concept] | None:
+    """The classes' ImageNet concepts (:func:`training.concepts.find_concepts`) from the embeddings of their
+    training views, or None (no ImageNet-1k classifier, or no distinct concepts)."""
+    if imagenet_head is None or len(imagenet_head[1]) != 1000:
+        return None
+    w, b = imagenet_head
+    return find_concepts((emb @ w.T.astype(np.float64) + b).argmax(1), y, labels)
+
+
 def choose_scores(requested: str, has_imagenet_head: bool, has_concepts: bool = False) -> tuple[str, ...]:
     if requested == "auto":
         if has_concepts:
@@ -168,10 +181,7 @@ def fit_detector(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray
     if not 0.5 <= cfg.accept < 1.0:
         raise ValueError(f"--novelty-accept must be in [0.5, 1), not {cfg.accept}")
     labels = labels or [str(k) for k in range(n_classes)]
-    concepts = None
-    if imagenet_head is not None and len(imagenet_head[1]) == 1000:  # ImageNet-1k, as the hierarchy describes
-        w, b = imagenet_head
-        concepts = find_concepts((train_emb @ w.T.astype(np.float64) + b).argmax(1), train_y, labels)
+    concepts = class_concepts(train_emb, train_y, labels, imagenet_head)
     scores = choose_scores(cfg.scores, imagenet_head is not None, concepts is not None)
     arrays: dict[str, np.ndarray] = {}
     if "density" in scores:

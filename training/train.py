@@ -21,7 +21,8 @@ from training.features import FeatureExtractor
 from training.fit import FitConfig, fit
 from training.models import create_model
 from training.variants import build_variants
-from training.openset import OpenSetConfig, calibrate_and_fit, save_detector
+from training.concepts import concept_mask
+from training.openset import OpenSetConfig, calibrate_and_fit, class_concepts, embeddings, save_detector
 from training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class TrainConfig:
     unfreeze_last_block: bool = False
     aug_views: int = 2  # augmented views per training image, besides the plain one
     dropout: float = 0.2
+    concept_head: bool = True  # where the classes are ImageNet concepts, the head also weighs the backbone's view
     fit: FitConfig = field(default_factory=FitConfig)
     open_set: OpenSetConfig = field(default_factory=OpenSetConfig)
 
@@ -75,6 +77,13 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
     views = extractor.extract_views(ds.splits["train"], range(cfg.aug_views + 1), "train features")
     val = extractor.extract(ds.splits["val"], 0, "val features")
     timings["features_s"] = time.perf_counter() - t0
+    concepts = None
+    if cfg.concept_head:
+        concepts = class_concepts(np.concatenate([embeddings(model, v) for v in views]),
+                                  np.concatenate([v.y for v in views]), ds.classes, model.imagenet_head)
+    if concepts is not None:
+        torch.manual_seed(cfg.fit.seed)
+        model.use_concepts(np.stack([concept_mask([c]) > 0 for c in concepts]))
 
     t1 = time.perf_counter()
     history = fit(model, views, val, cfg.fit)
@@ -104,6 +113,8 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
             "weights": model.weights_id,
             "pretrained": model.pretrained,
             "unfreeze_last_block": model.unfreeze_last_block,
+            "head": {"kind": "linear + concepts" if concepts else "linear",
+                     "concepts": [c.to_dict() for c in concepts] if concepts else None},
             "outputs": {"probabilities": "softmax over labels", "features": "last convolutional feature map"},
             "data": {"root": ds.root, "layout": ds.layout, "manifest_sha256": ds.manifest_hash(),
                      "counts": ds.counts(), **({"sources": sources} if sources else {})},

@@ -81,3 +81,43 @@ def test_the_detector_accepts_breeds_the_training_photos_never_showed() -> None:
     # calibrated to accept 99% of the training photos: about as many of the breeds and cats they never showed
     assert (detector.novelty(unseen_breeds) <= 1).mean() >= 0.95 and (detector.novelty(persians) <= 1).mean() >= 0.95
     assert (detector.novelty(wolves) > 1).all() and (detector.novelty(others) > 1).all()
+
+
+def test_a_concept_head_exports_to_onnx_and_keeps_its_temperature_and_cam(tmp_path) -> None:
+    """The tiny CNN given a made-up 1000-class 'ImageNet classifier': the concept term survives the ONNX export
+    (ONNX Runtime matches torch), temperature scaling divides it too, and the CAM weights are its linear part."""
+    import onnxruntime as ort
+    import torch
+
+    from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
+    from training.export import export_onnx
+    from training.models import ConceptHead, create_model
+    from training.openset import apply_temperature
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(4)
+    model = create_model("tiny", 2)
+    model.imagenet_head = (rng.normal(size=(1000, 32)).astype(np.float32), np.zeros(1000, np.float32))
+    masks = np.zeros((2, 1000), bool)
+    masks[0, 281:286], masks[1, 151:269] = True, True
+    model.use_concepts(masks)
+    assert isinstance(model.head, ConceptHead) and model.linear_head is model.head.linear
+    with torch.no_grad():
+        model.head.concept_weight.copy_(torch.tensor([0.7, 1.3]))
+    x = torch.from_numpy(rng.normal(size=(4, 3, 32, 32)).astype(np.float32))
+    model.eval()
+    with torch.inference_mode():
+        before = model(x)
+        apply_temperature(model, 2.0)
+        assert torch.allclose(model(x), before / 2.0, atol=1e-5)
+        expected = torch.softmax(model(x), 1).numpy()
+    info = export_onnx(model, tmp_path / "model.onnx", x.numpy())
+    got = ort.InferenceSession(str(tmp_path / "model.onnx")).run(["probabilities"], {"input": x.numpy()})[0]
+    assert info["max_abs_diff_probabilities"] < 1e-4 and np.abs(got - expected).max() < 1e-4
+    save_checkpoint(model, tmp_path / CHECKPOINT_FILE, pretrained=False)
+    again = create_model("tiny", 2)
+    again.imagenet_head = model.imagenet_head
+    again.use_concepts(np.zeros((2, 1000), bool))  # what load_model does: buffers come from the checkpoint
+    again.load_state_dict(torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True))
+    with torch.inference_mode():
+        assert torch.allclose(torch.softmax(again.eval()(x), 1), torch.from_numpy(expected), atol=1e-6)

@@ -39,3 +39,19 @@ def test_feedback_files_become_samples_and_unknown_labels_are_refused(tmp_path: 
     assert feedback_samples(tmp_path / "absent", ["cat"]) == []
     with pytest.raises(DataError, match="labels \\['dog'\\]"):
         feedback_samples(tmp_path, ["cat"])
+
+
+def test_shifted_gate_refuses_a_candidate_that_says_neither_more_often_on_photos_from_elsewhere() -> None:
+    from training.retrain import Decision, shifted_gate
+
+    ok = Decision(True, "candidate accuracy 0.99 >= base 0.98")
+    base = [{"data": "imagenet", "answered_neither": 0.02}, {"data": "lowres", "answered_neither": 0.01}]
+    worse = [{"data": "imagenet", "answered_neither": 0.05}, {"data": "lowres", "answered_neither": 0.01}]
+    within = [{"data": "imagenet", "answered_neither": 0.025}, {"data": "lowres", "answered_neither": 0.0}]
+    refused = shifted_gate(ok, base, worse, max_rise=0.01)
+    assert not refused.promote and "neither for 5.00% of the photos in imagenet" in refused.reason
+    kept = shifted_gate(ok, base, within, max_rise=0.01)
+    assert kept.promote and "2.50% of imagenet (base 2.00%)" in kept.reason
+    no_detector = [{"data": "imagenet", "answered_neither": None}, {"data": "lowres", "answered_neither": None}]
+    assert shifted_gate(ok, no_detector, within, max_rise=0.01).promote is False
+    assert shifted_gate(Decision(False, "worse"), base, base, 0.01) == Decision(False, "worse")
