@@ -204,13 +204,13 @@ def fit_detector(train_emb: np.ndarray, train_y: np.ndarray, val_emb: np.ndarray
     detector.scales = {s: max(float(np.quantile(raw[s], cfg.accept, method="higher")), 1e-12) for s in scores}
     detector.threshold = max(float(np.quantile(detector.novelty(calibration), cfg.accept, method="higher")), 1e-12)
     val_novelty = detector.novelty(val_emb)
-    if concepts is not None and "imagenet" in scores:
-        decides = ("the backbone's ImageNet probability mass on the classes' concepts (" +
-                   ", ".join(f"{c.label}: {c.name.split(',')[0]}, {len(c.imagenet_classes)} ImageNet classes"
-                             for c in concepts) + ")")
-    else:
-        decides = " and ".join({"density": "the distance to the training photos' class means (density)",
-                                "imagenet": "the ImageNet classes the training photos activate"}[s] for s in scores)
+    imagenet = "the ImageNet classes the training photos activate"
+    if concepts is not None:
+        imagenet = ("the backbone's ImageNet probability mass on the classes' concepts (" +
+                    ", ".join(f"{c.label}: {c.name.split(',')[0]}, {len(c.imagenet_classes)} ImageNet classes"
+                              for c in concepts) + ")")
+    decides = " and ".join({"density": "the distance to the training photos' class means (density)",
+                            "imagenet": imagenet}[s] for s in scores)
     info = {
         "file": NOVELTY_FILE,
         "scores": list(scores),
