@@ -24,6 +24,7 @@ from tests.conftest import DATA, PY, ROOT, child_env, needs_data, run_cli, serve
 
 CLASSES = ("cat", "dog")
 N_TRAIN, N_VAL, N_TEST, N_NEW, BASE_EPOCHS = 10, 10, 100, 60, 3
+SHIFTED = DATA.parent / "shifted" / "imagenet"  # cats and dogs from another source, only measured
 
 
 def _link(files: list[Path], folder: Path) -> None:
@@ -117,9 +118,17 @@ def test_candidate_trained_on_mislabelled_data_is_rejected(world) -> None:
     reg = Registry(art)
     base = reg.current()
     history = (art / "promotions.jsonl").read_bytes()
-    out = run_cli("retrain", "--data", str(world["swapped"]), "--feedback", str(art / "no-feedback"),
+    # Photos from another source are scored for both models too (the gate's rule: tests/fast/test_retrain_rules.py).
+    shifted = ["--shifted", str(SHIFTED)] if SHIFTED.is_dir() else []
+    out = run_cli("retrain", "--data", str(world["swapped"]), "--feedback", str(art / "no-feedback"), *shifted,
                   artifacts=art).stdout
     report = retrain_report(art)
+    if shifted:
+        assert report["shifted"] == {"dirs": [str(SHIFTED)], "max_neither_rise": 0.01}
+        for model in ("base", "candidate"):
+            (scored,) = report[model]["shifted"]
+            assert scored["n"] == 61 and 0 <= scored["answered_neither"] <= 1 and scored["data"] == str(SHIFTED)
+        assert "from other sources" in (Path(report["report_dir"]) / "report.md").read_text()
     b, c = report["base"]["metrics"], report["candidate"]["metrics"]
     print(f"base {b['accuracy']:.4f}/{b['log_loss']:.4f}, candidate {c['accuracy']:.4f}/{c['log_loss']:.4f}")
     assert c["accuracy"] < b["accuracy"]
