@@ -16,6 +16,8 @@ from training.export import ExportError
 from training.models import BACKBONES, WeightsError
 
 log = logging.getLogger("training")
+SHIFTED_HELP = ("one or more folders of labelled photos of the classes from other sources (any layout, every image "
+                "scored): accuracy, log-loss, calibration error and the share answered neither")
 
 
 def _dataset(args: argparse.Namespace):
@@ -191,8 +193,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
                    help="open-set scores: auto (imagenet,density where the backbone has an ImageNet classifier, "
                         "else density), density, imagenet, or imagenet,density")
     p.add_argument("--ood", type=Path, help="a folder of photos of none of the classes: open-set figures in the report")
-    p.add_argument("--shifted", type=Path, nargs="+", default=[], help="labelled photos of the classes from other sources (any layout, every image scored): accuracy, "
-                        "log-loss, calibration error and the share answered neither; repeatable")
+    p.add_argument("--shifted", type=Path, nargs="+", default=[], help=SHIFTED_HELP)
     p.set_defaults(func=cmd_train)
 
     p = command("evaluate", help="evaluate a model version with ONNX Runtime on a data split")
@@ -209,8 +210,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
     p.add_argument("--ood", type=Path, help="a folder of photos of none of the model's classes: open-set AUROC, "
                                             "FPR at 95%% TPR and the share flagged unknown")
     p.add_argument("--report", type=Path, help="write plots (reliability, novelty distributions) to this folder")
-    p.add_argument("--shifted", type=Path, nargs="+", default=[], help="labelled photos of the classes from other sources (any layout, every image scored): accuracy, "
-                        "log-loss, calibration error and the share answered neither; repeatable")
+    p.add_argument("--shifted", type=Path, nargs="+", default=[], help=SHIFTED_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = command("export", help="re-export a version's checkpoint to an ONNX file, with the parity check")

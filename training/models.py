@@ -115,8 +115,7 @@ class TransferModel(nn.Module):
             return self.head.linear if pooled else None
         layers = [m for m in self.head if not isinstance(m, nn.Dropout)]
         single = len(layers) == 1 and isinstance(layers[0], nn.Linear)
-        return layers[0] if single and isinstance(self.pool[0], nn.AdaptiveAvgPool2d) and \
-            self.pool[0].output_size in (1, (1, 1)) else None
+        return layers[0] if single and pooled else None
 
     def first_conv(self) -> nn.Conv2d:
         return next(m for m in self.modules() if isinstance(m, nn.Conv2d))

@@ -83,7 +83,7 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
                                   np.concatenate([v.y for v in views]), ds.classes, model.imagenet_head)
     if concepts is not None:
         torch.manual_seed(cfg.fit.seed)
-        model.use_concepts(np.stack([concept_mask([c]) > 0 for c in concepts]))
+        model.use_concepts(np.stack([concept_mask([c]) for c in concepts]))
 
     t1 = time.perf_counter()
     history = fit(model, views, val, cfg.fit)
