@@ -3,7 +3,7 @@
 - Only pixels are kept: the upload is decoded and re-encoded (JPEG, quality 95, no metadata), so bytes appended
   to an image (HTML, ZIP, ...) and its EXIF never reach the disk. Files are named by the sha256 of the decoded
   pixels, so the same picture sent as PNG and as JPEG, or with junk appended, is one image.
-- A total quota (bytes and files): over it, :class:`FeedbackRefused` 507.
+- A total quota (bytes and files): over it, :class:`~imgcls.errors.ImgclsError` 507.
 - The same image under two labels is a conflict: recorded in ``conflicts.jsonl`` (409), never stored under the
   second label; retraining skips every conflicted image and reports how many it skipped.
 - :class:`RateLimiter`: a token bucket per client (429 with ``Retry-After``; the service's refusal throttle uses
@@ -28,21 +28,13 @@ from typing import Any
 
 from PIL import Image
 
+from imgcls.errors import ImgclsError
 from imgcls.images import DEFAULT_MAX_PIXELS_FULL, decode_image
 from imgcls.registry import now_iso
 
 CONFLICTS_FILE = "conflicts.jsonl"
 STORED_MAX_SIDE = 2048  # far above any model's input; bounds each stored file (~1-2 MB) and retraining's decode
 JPEG_QUALITY = 95
-
-
-class FeedbackRefused(Exception):
-    """A refused feedback request: answered as ``status`` with ``{"error": reason, "detail": message}``
-    (the same attributes as ``service.errors.ApiError``)."""
-
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.headers = status, reason, message, headers
 
 
 def pixel_sha256(img: Image.Image) -> str:
@@ -113,7 +105,7 @@ class FeedbackStore:
 
     def add(self, data: bytes, label: str) -> Stored:
         """Decode ``data`` (any format :func:`decode_image` reads; ``ImageError`` for bad input), store its pixels
-        under ``label``. Raises :class:`FeedbackRefused` 409 for a conflicting label, 507 over the quota."""
+        under ``label``. Raises :class:`~imgcls.errors.ImgclsError` 409 for a conflicting label, 507 over the quota."""
         # Full decode (no JPEG draft): the name must be the hash of the full-size pixels, which retraining
         # recomputes for its evaluation files to keep the candidate from training on its exam.
         img = decode_image(data, max_pixels=self.max_pixels, max_pixels_full=self.max_pixels)
@@ -126,14 +118,14 @@ class FeedbackStore:
             known = self._labels.get(digest)
             if digest in self._conflicts or (known is not None and known != label):
                 self._record_conflict(digest, [known, label] if known else [label])
-                raise FeedbackRefused(409, "label_conflict", f"this image was already labelled {known!r}; "
+                raise ImgclsError(409, "label_conflict", f"this image was already labelled {known!r}; "
                                       f"recorded as a conflict, not stored, and left out of retraining")
             folder = self.root / label
             path = folder / f"{digest}.jpg"
             if known == label:
                 return Stored(path, digest, label, True)
             if self.files + 1 > self.max_files or self.bytes + len(encoded) > self.max_bytes:
-                raise FeedbackRefused(507, "feedback_quota", f"the feedback store is full ({self.files} files, "
+                raise ImgclsError(507, "feedback_quota", f"the feedback store is full ({self.files} files, "
                                       f"{self.bytes} bytes; limits {self.max_files} files, {self.max_bytes} bytes)")
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -170,14 +162,14 @@ class RateLimiter:
         self._lock = threading.Lock()
 
     def check(self, key: str, now: float | None = None) -> None:
-        """Take one token for ``key`` or raise :class:`FeedbackRefused` 429 with the seconds to wait."""
+        """Take one token for ``key`` or raise :class:`~imgcls.errors.ImgclsError` 429 with the seconds to wait."""
         now = time.monotonic() if now is None else now
         with self._lock:
             tokens = self._tokens(key, now)
             if tokens < 1:
                 self._buckets[key] = (tokens, now)
                 wait = math.ceil((1 - tokens) / self.rate)
-                raise FeedbackRefused(429, "rate_limited", f"too many requests from this client; retry in {wait} s",
+                raise ImgclsError(429, "rate_limited", f"too many requests from this client; retry in {wait} s",
                                       {"Retry-After": str(wait)})
             self._take(key, tokens, now)
 

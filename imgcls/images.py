@@ -23,6 +23,8 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from imgcls.errors import ImgclsError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 50_000_000  # JPEG: ``draft`` decodes at 1/2..1/8 scale, so this costs at most ~1/4 of it
@@ -33,12 +35,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", "
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 
 
-class ImageError(ValueError):
-    """A rejected input. ``reason`` is a stable machine-readable code, ``status`` the HTTP status it maps to."""
-
-    def __init__(self, reason: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.reason, self.message, self.status = reason, message, status
+class ImageError(ImgclsError, ValueError):
+    """A rejected image (empty, not an image, corrupt, too many pixels): :class:`ImgclsError` with its status."""
 
 
 def decode_image(
@@ -67,30 +65,30 @@ def open_image(
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if not data:
-        raise ImageError("empty", "the request has no image data", 400)
+        raise ImageError(400, "empty", "the request has no image data")
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise ImageError("too_many_pixels", f"image has too many pixels: {e}", 413) from e
+        raise ImageError(413, "too_many_pixels", f"image has too many pixels: {e}") from e
     except UnidentifiedImageError as e:
         if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-            raise ImageError("corrupt", "the data starts like an image but its header is corrupt", 422) from e
-        raise ImageError("not_an_image", "the data is not an image format we can read (JPEG, PNG, WebP, ...)", 415) from e
+            raise ImageError(422, "corrupt", "the data starts like an image but its header is corrupt") from e
+        raise ImageError(415, "not_an_image", "the data is not an image format we can read (JPEG, PNG, WebP, ...)") from e
     except Exception as e:  # Pillow plugins raise assorted errors on malformed headers
-        raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e
+        raise ImageError(422, "corrupt", f"the image header is corrupt: {e}") from e
     w, h = img.size
     jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # also MPO, the multi-picture JPEG of many cameras
     limit = max_pixels if jpeg else min(max_pixels, max_pixels_full)
     if w * h > limit:
-        raise ImageError("too_many_pixels", f"{img.format or 'image'} is {w}x{h} = {w * h} pixels, over the "
-                                            f"limit of {limit} for this format", 413)
+        raise ImageError(413, "too_many_pixels", f"{img.format or 'image'} is {w}x{h} = {w * h} pixels, over the "
+                                                 f"limit of {limit} for this format")
     if w == 0 or h == 0:
-        raise ImageError("corrupt", f"image has no pixels ({w}x{h})", 422)
+        raise ImageError(422, "corrupt", f"image has no pixels ({w}x{h})")
     try:
         if draft_size and jpeg and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (draft_size, draft_size))
     except Exception as e:
-        raise ImageError("corrupt", f"the image header is corrupt: {e}", 422) from e
+        raise ImageError(422, "corrupt", f"the image header is corrupt: {e}") from e
     return img
 
 
@@ -101,7 +99,7 @@ def finish_decode(img: Image.Image) -> Image.Image:
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to rotate
         return to_rgb(img)
     except Exception as e:
-        raise ImageError("corrupt", f"the image data is truncated or corrupt: {e}", 422) from e
+        raise ImageError(422, "corrupt", f"the image data is truncated or corrupt: {e}") from e
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

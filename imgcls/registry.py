@@ -21,14 +21,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from imgcls.errors import ImgclsError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONNX_FILE, HEAD_FILE, METADATA_FILE = "model.onnx", "head.npz", "metadata.json"
 # The same network at other precisions; a version holds a variant only when it passed the accuracy rule.
 VARIANT_FILES = {"fp32": ONNX_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
-class ModelError(RuntimeError):
-    """A model version that is missing, unknown or fails its checksums."""
+class ModelError(ImgclsError, RuntimeError):
+    """A model version that is missing, unknown, fails its checksums or fails at inference (503 by default)."""
+
+    def __init__(self, message: str, status: int = 503, reason: str = "model_error",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, reason, message, headers)
 
 
 def default_root() -> Path:

@@ -42,7 +42,7 @@ class Coalescer:
             for (_, future), answer in zip(batch, answers):
                 if not future.done():
                     future.set_result(answer)
-        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure (a 503 ApiError, usually)
+        except BaseException as e:  # noqa: BLE001 - every waiter gets the failure (a 503 ImgclsError, usually)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(e)

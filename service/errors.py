@@ -7,29 +7,16 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from imgcls.images import ImageError
+from imgcls.errors import ImgclsError
 
 
-class ApiError(Exception):
-    """An error answered as ``status`` with ``{"error": reason, "detail": message}``."""
-
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.headers = status, reason, message, headers or {}
-
-    @classmethod
-    def of(cls, e: "ApiError | ImageError") -> "ApiError":
-        return e if isinstance(e, ApiError) else cls(e.status, e.reason, e.message)
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.reason, "detail": self.message}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), self.status, headers=self.headers)
+def error_response(e: ImgclsError) -> JSONResponse:
+    """The one translation of the project's error type into an HTTP answer."""
+    return JSONResponse(e.body(), e.status, headers=e.headers)
 
 
-def overloaded(detail: str = "the model queue is full; retry shortly") -> ApiError:
-    return ApiError(503, "overloaded", detail, {"Retry-After": "1"})
+def overloaded(detail: str = "the model queue is full; retry shortly") -> ImgclsError:
+    return ImgclsError(503, "overloaded", detail, {"Retry-After": "1"})
 
 
 _GENERIC = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",

@@ -17,16 +17,16 @@ import numpy as np
 
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.reference import check_reference
+from imgcls.errors import ImgclsError
 from imgcls.registry import ModelError, Registry
 from service.config import Config
-from service.errors import ApiError
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
 
 log = logging.getLogger("imgcls.model")
 
 
 class ModelHolder:
-    """Holds the serving :class:`OnnxClassifier`; ``model`` raises a 503 ``ApiError`` while there is none."""
+    """Holds the serving :class:`OnnxClassifier`; ``model`` raises a 503 :class:`ModelError` while there is none."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -44,8 +44,8 @@ class ModelHolder:
     def model(self) -> OnnxClassifier:
         model = self._model
         if model is None:
-            raise ApiError(503, "no_model", f"no model is being served: {self.last_error or 'none loaded yet'}; "
-                                            "promote a good one (imgcls promote VERSION)", {"Retry-After": "5"})
+            raise ModelError(f"no model is being served: {self.last_error or 'none loaded yet'}; promote a good one "
+                             "(imgcls promote VERSION)", 503, "no_model", {"Retry-After": "5"})
         return model
 
     def load(self, ref: str) -> OnnxClassifier:
@@ -67,7 +67,7 @@ class ModelHolder:
                 target = self.registry.resolve(self.config.model).name
             except ModelError as e:
                 self.last_error = str(e)
-                raise ApiError(409, "no_model", str(e)) from e
+                raise ModelError(str(e), 409, "no_model") from e
             if old is not None and target == old.version:
                 return {"version": old.version, "previous": old.version, "changed": False}
             try:
@@ -76,7 +76,7 @@ class ModelHolder:
                 RELOAD_FAILURES.labels(version=target).inc()
                 self.refused, self.last_error = target, f"model {target} was refused: {e}"
                 log.error("refused model %s, still serving %s: %s", target, old and old.version, e)
-                raise ApiError(422, "model_refused", self.last_error) from e
+                raise ModelError(self.last_error, 422, "model_refused") from e
             self._model = new  # one reference assignment: each batch uses the old or the new session whole
             if old is not None:
                 MODEL_INFO.labels(version=old.version, device=old.device, variant=old.variant).set(0)
@@ -105,7 +105,7 @@ class ModelHolder:
                 current = self.registry.current()
                 if current and current not in (self._model and self._model.version, self.refused):
                     self.reload()
-            except ApiError:
+            except ImgclsError:
                 pass  # logged and counted in reload()
             except Exception:  # noqa: BLE001 - the watcher must outlive a bad moment of the registry
                 log.exception("model watcher: reload failed")

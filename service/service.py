@@ -23,12 +23,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from imgcls.feedback import FeedbackRefused, FeedbackStore, RateLimiter
-from imgcls.images import ImageError, finish_decode, open_image
+from imgcls.errors import ImgclsError
+from imgcls.feedback import FeedbackStore, RateLimiter
+from imgcls.images import finish_decode, open_image
 from imgcls.preprocess import Preprocess
 from service.auth import bearer_matches
 from service.config import Config
-from service.errors import ApiError, JsonErrors, overloaded
+from service.answers import Prediction, StaleInput
+from service.errors import JsonErrors, error_response, overloaded
 from service.heatmap import overlay_png
 from service.lifecycle import exit_with_parent
 from service.logs import RequestIdAndAccessLog, configure_json_logging
@@ -83,18 +85,17 @@ class FeedbackReceipt(BaseModel):
 
 
 def answers_errors(func):
-    """Turn :class:`ApiError`/:class:`ImageError` raised by an endpoint into its JSON answer and status."""
+    """Turn an :class:`ImgclsError` raised by an endpoint into its JSON answer and status."""
     @functools.wraps(func)
     async def wrapper(self, *args, ctx: bentoml.Context, **kwargs):
         try:
             return await func(self, *args, ctx=ctx, **kwargs)
-        except (ApiError, ImageError) as e:
-            err = ApiError.of(e)
-            REJECTED.labels(reason=err.reason).inc()
-            ctx.response.status_code = err.status
-            for k, v in err.headers.items():
+        except ImgclsError as e:
+            REJECTED.labels(reason=e.reason).inc()
+            ctx.response.status_code = e.status
+            for k, v in e.headers.items():
                 ctx.response.headers[k] = v
-            return JSONResponse(err.body(), err.status, headers=err.headers)
+            return error_response(e)
     return wrapper
 
 
@@ -117,8 +118,8 @@ async def _model_get(request: Request) -> Response:
     svc: ClassifierApi = bentoml.get_current_service()
     try:
         return JSONResponse(await svc._describe())
-    except ApiError as e:
-        return e.response()
+    except ImgclsError as e:
+        return error_response(e)
 
 
 web = Starlette(routes=[Route("/demo", _demo_page), Route("/model", _model_get, methods=["GET"]),
@@ -172,12 +173,11 @@ class ClassifierApi:
         async def one(i: int, path: Path) -> BatchItem:
             try:
                 return BatchItem(index=i, result=await self._classify(path.read_bytes(), k))
-            except (ApiError, ImageError) as e:
-                err = ApiError.of(e)
-                if err.reason in ("no_model", "model_error", "overloaded"):
+            except ImgclsError as e:
+                if e.reason in ("no_model", "model_error", "overloaded"):
                     raise
-                REJECTED.labels(reason=err.reason).inc()
-                return BatchItem(index=i, error=err.reason, detail=err.message, status=err.status)
+                REJECTED.labels(reason=e.reason).inc()
+                return BatchItem(index=i, error=e.reason, detail=e.message, status=e.status)
 
         results: list[BatchItem | None] = [None] * len(images)
 
@@ -197,21 +197,20 @@ class ClassifierApi:
         ``format=json`` gives the raw map instead. Headers ``x-label``, ``x-score``, ``x-model-version``."""
         data = image.read_bytes()
         crop = await self._decode(data)
-        answer = await self.model_client.explain(crop, label)
-        if answer.get("error") == "stale_input":
-            self._sizes = (answer["resize_size"], answer["input_size"])
-            crop = await self._decode(data)
+        try:
             answer = await self.model_client.explain(crop, label)
-        _raise_for(answer)
-        index, probs, cam = answer["index"], np.asarray(answer["probs"]), np.asarray(answer["cam"])
-        name = answer["labels"][index]
-        headers = {"x-model-version": answer["version"], "x-label": name, "x-score": f"{float(probs[index]):.6f}"}
-        if answer.get("known") is not None:
-            headers["x-known"] = str(answer["known"]).lower()
+        except StaleInput as e:  # the model was swapped for one of another input size
+            self._sizes = (e.resize_size, e.input_size)
+            answer = await self.model_client.explain(await self._decode(data), label)
+        index, probs, cam = answer.index, answer.probs, answer.cam
+        name = answer.labels[index]
+        headers = {"x-model-version": answer.version, "x-label": name, "x-score": f"{float(probs[index]):.6f}"}
+        if answer.known is not None:
+            headers["x-known"] = str(answer.known).lower()
         ctx.response.headers.update(headers)
         if format == "json":
-            return JSONResponse({"label": name, "score": float(probs[index]), "known": answer.get("known"),
-                                 "novelty": answer.get("novelty"), "cam": np.round(cam, 5).tolist(),
+            return JSONResponse({"label": name, "score": float(probs[index]), "known": answer.known,
+                                 "novelty": answer.novelty, "cam": np.round(cam, 5).tolist(),
                                  "shape": list(cam.shape), "model": _model_ref(answer).model_dump()}, headers=headers)
         png = overlay_png(Image.fromarray(crop), cam)
         return Response(png, media_type="image/png", headers=headers)
@@ -224,19 +223,16 @@ class ClassifierApi:
         kept, and an image already stored under another label is recorded as a conflict (409)."""
         if self.config.feedback_token:
             if not bearer_matches(ctx.request.headers.get("authorization"), self.config.feedback_token):
-                raise ApiError(401, "unauthorized", "missing or wrong bearer token (FEEDBACK_TOKEN)")
+                raise ImgclsError(401, "unauthorized", "missing or wrong bearer token (FEEDBACK_TOKEN)")
         elif not self.config.feedback_open:
-            raise ApiError(403, "feedback_disabled", "set FEEDBACK_TOKEN (or FEEDBACK_OPEN=1) to take feedback")
+            raise ImgclsError(403, "feedback_disabled", "set FEEDBACK_TOKEN (or FEEDBACK_OPEN=1) to take feedback")
         client = ctx.request.client.host if ctx.request.client else "unknown"
         meta = await self._describe()
         if label not in meta["labels"]:
-            raise ApiError(422, "unknown_label", f"label {label!r} is not one of {meta['labels']}")
-        try:
-            self.feedback_limiter.check(client)
-            stored = await anyio.to_thread.run_sync(self.feedback_store.add, image.read_bytes(), label,
-                                                    limiter=self.decode_limiter)
-        except FeedbackRefused as e:
-            raise ApiError(e.status, e.reason, e.message, e.headers) from e
+            raise ImgclsError(422, "unknown_label", f"label {label!r} is not one of {meta['labels']}")
+        self.feedback_limiter.check(client)
+        stored = await anyio.to_thread.run_sync(self.feedback_store.add, image.read_bytes(), label,
+                                                limiter=self.decode_limiter)
         ctx.response.status_code = 201
         return FeedbackReceipt(sha256=stored.sha256, label=label, duplicate=stored.duplicate)
 
@@ -252,18 +248,16 @@ class ClassifierApi:
         """Swap in the model ``MODEL`` names now (normally the newly promoted one). ``Authorization: Bearer
         $ADMIN_TOKEN``."""
         if not self.config.admin_token:
-            raise ApiError(403, "admin_disabled", "set ADMIN_TOKEN to enable /admin/reload")
+            raise ImgclsError(403, "admin_disabled", "set ADMIN_TOKEN to enable /admin/reload")
         if not bearer_matches(ctx.request.headers.get("authorization"), self.config.admin_token):
-            raise ApiError(401, "unauthorized", "missing or wrong bearer token")
+            raise ImgclsError(401, "unauthorized", "missing or wrong bearer token")
         answer = await self.model_client.reload()
-        _raise_for(answer)
         self._sizes = None
         return answer
 
     # -- the classification path -----------------------------------------------------------------------------------
     async def _describe(self) -> dict[str, Any]:
         answer = await self.model_client.describe()
-        _raise_for(answer)
         pre = answer["preprocessing"]
         self._sizes = (int(pre["resize_size"]), int(pre["input_size"]))
         return answer
@@ -298,47 +292,35 @@ class ClassifierApi:
             raise overloaded()
         self.in_flight += 1
         try:
-            crop = await self._decode(data)
-            answer = await self.model_client.infer(crop)
-            if answer.get("error") == "stale_input":  # the model was swapped for one of another input size
-                self._sizes = (answer["resize_size"], answer["input_size"])
-                crop = await self._decode(data)
-                answer = await self.model_client.infer(crop)
+            try:
+                answer = await self.model_client.infer(await self._decode(data))
+            except StaleInput as e:  # the model was swapped for one of another input size
+                self._sizes = (e.resize_size, e.input_size)
+                answer = await self.model_client.infer(await self._decode(data))
         finally:
             self.in_flight -= 1
-        _raise_for(answer)
         return _classification(answer, k)
 
 
-def _raise_for(answer: dict[str, Any]) -> None:
-    """Raise the error a model-service answer carries, as the status the API answers with."""
-    reason = answer.get("error")
-    if reason is None:
-        return
-    status = answer.get("status") or 503
-    headers = {"Retry-After": "5"} if status == 503 else None
-    raise ApiError(status, "model_error" if reason == "stale_input" else reason, answer.get("detail", reason), headers)
+def _model_ref(answer: Prediction) -> ModelRef:
+    return ModelRef(name=answer.name, version=answer.version, variant=answer.variant)
 
 
-def _model_ref(answer: dict[str, Any]) -> ModelRef:
-    return ModelRef(name=answer["name"], version=answer["version"], variant=answer.get("variant", "fp32"))
-
-
-def _classification(answer: dict[str, Any], k: int | None) -> Classification:
-    labels, probs = answer["labels"], np.asarray(answer["probs"])
+def _classification(answer: Prediction, k: int | None) -> Classification:
+    labels, probs = answer.labels, np.asarray(answer.probs)
     if k is not None and not 1 <= k <= len(labels):
-        raise ApiError(400, "bad_parameter", f"k must be between 1 and {len(labels)}, not {k}")
+        raise ImgclsError(400, "bad_parameter", f"k must be between 1 and {len(labels)}, not {k}")
     order = np.argsort(-probs)[: k or len(probs)]
     label = labels[int(order[0])]
     PREDICTIONS.labels(label=label).inc()
-    known = answer.get("known")
+    known = answer.known
     if known is False:
         UNKNOWN.inc()
     return Classification(
         label=label, score=float(probs[order[0]]),
         probabilities=[Probability(label=labels[int(i)], score=float(probs[i])) for i in order],
         model=_model_ref(answer), known=known,
-        novelty=None if answer.get("novelty") is None else float(answer["novelty"]))
+        novelty=None if answer.novelty is None else float(answer.novelty))
 
 
 def with_middlewares(svc):

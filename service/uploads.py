@@ -20,8 +20,9 @@ import anyio
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from imgcls.images import ImageError, open_image
-from service.errors import ApiError
+from imgcls.errors import ImgclsError
+from imgcls.images import open_image
+from service.errors import error_response
 from service.metrics import REJECTED
 
 
@@ -68,10 +69,10 @@ class UploadRequests:
         try:
             body = await self._read_body(scope, receive)
             scope, body = await self._canonical(scope, body, route)
-        except ApiError as e:
+        except ImgclsError as e:
             REJECTED.labels(reason=e.reason).inc()
             body = None  # not kept while the refusal waits (service.throttle)
-            return await e.response()(scope, receive, send)
+            return await error_response(e)(scope, receive, send)
         sent = False
 
         async def replay() -> dict:
@@ -87,20 +88,20 @@ class UploadRequests:
         limit = self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"request body is {int(declared)} bytes; the limit is {limit}")
+            raise ImgclsError(413, "body_too_large", f"request body is {int(declared)} bytes; the limit is {limit}")
         chunks, size = [], 0
         while True:
             with anyio.move_on_after(self.stall_timeout_s) as scope_timer:
                 message = await receive()
             if scope_timer.cancelled_caught:
-                raise ApiError(408, "request_timeout",
+                raise ImgclsError(408, "request_timeout",
                                f"no part of the request body arrived for {self.stall_timeout_s:g} s")
             if message["type"] == "http.disconnect":
-                raise ApiError(400, "client_disconnected", "the client went away before sending the whole body")
+                raise ImgclsError(400, "client_disconnected", "the client went away before sending the whole body")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
+                raise ImgclsError(413, "body_too_large", f"request body is over the limit of {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -112,10 +113,10 @@ class UploadRequests:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=False))
         unknown = set(query) - route.params
         if unknown:
-            raise ApiError(400, "bad_parameter", f"unknown parameter(s) {sorted(unknown)}; "
+            raise ImgclsError(400, "bad_parameter", f"unknown parameter(s) {sorted(unknown)}; "
                                                  f"this endpoint takes {sorted(route.params) or 'none'}")
         if not body:
-            raise ApiError(400, "empty", "the request body is empty; send an image")
+            raise ImgclsError(400, "empty", "the request body is empty; send an image")
         if ctype == "multipart/form-data":
             files, fields, rename = await self._read_form(scope, body, route)
             self._check_images(files, route)
@@ -125,7 +126,7 @@ class UploadRequests:
             files, fields = [(route.file_field, "upload", ctype or "application/octet-stream", body)], {}
             self._check_images(files, route)
         else:
-            raise ApiError(415, "unsupported_media_type",
+            raise ImgclsError(415, "unsupported_media_type",
                            f"Content-Type {ctype!r}: send multipart/form-data with the image as field "
                            f"{route.file_field!r}, or the raw image bytes with an image/* Content-Type")
         new_body, new_type = encode_multipart(files, {**fields, **query})
@@ -139,10 +140,7 @@ class UploadRequests:
         if not route.check_image:
             return
         for _, _, _, data in files:
-            try:
-                open_image(data, max_pixels=self.max_pixels, max_pixels_full=self.max_pixels_full)
-            except ImageError as e:
-                raise ApiError.of(e) from e
+            open_image(data, max_pixels=self.max_pixels, max_pixels_full=self.max_pixels_full)
 
     async def _read_form(self, scope, body: bytes, route: UploadRoute
                          ) -> tuple[list[tuple[str, str, str, bytes]], dict[str, str], bool]:
@@ -154,8 +152,8 @@ class UploadRequests:
         except Exception as e:  # noqa: BLE001 - python-multipart raises several types on malformed input
             detail = str(getattr(e, "detail", None) or e)
             if "Too many files" in detail:
-                raise ApiError(413, "too_many_images", f"more than {route.max_files} image(s) in one request") from e
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {detail}") from e
+                raise ImgclsError(413, "too_many_images", f"more than {route.max_files} image(s) in one request") from e
+            raise ImgclsError(400, "bad_multipart", f"malformed multipart body: {detail}") from e
         files, fields, rename = [], {}, False
         try:
             for key, value in form.multi_items():
@@ -168,17 +166,17 @@ class UploadRequests:
                 elif key in route.params:
                     fields[key] = value
                 elif key == route.file_field:
-                    raise ApiError(400, "no_image", f"field {key!r} must be a file upload, not text")
+                    raise ImgclsError(400, "no_image", f"field {key!r} must be a file upload, not text")
                 else:
-                    raise ApiError(400, "bad_parameter", f"unknown form field {key!r}; this endpoint takes a file "
+                    raise ImgclsError(400, "bad_parameter", f"unknown form field {key!r}; this endpoint takes a file "
                                                          f"field {route.file_field!r} and {sorted(route.params)}")
         finally:
             await form.close()
         if not files:
-            raise ApiError(400, "no_image", f"the multipart form has no file; send the image as field "
+            raise ImgclsError(400, "no_image", f"the multipart form has no file; send the image as field "
                                             f"{route.file_field!r}")
         if len(files) > route.max_files:
-            raise ApiError(413, "too_many_images", f"{len(files)} images in one request; the limit is {route.max_files}")
+            raise ImgclsError(413, "too_many_images", f"{len(files)} images in one request; the limit is {route.max_files}")
         if not all(data for _, _, _, data in files):
-            raise ApiError(400, "empty", "an uploaded file is empty; send an image")
+            raise ImgclsError(400, "empty", "an uploaded file is empty; send an image")
         return files, fields, rename

@@ -13,7 +13,8 @@ from PIL import Image
 
 from imgcls.images import ImageError, decode_image
 from service.auth import bearer_matches, parse_bearer
-from imgcls.feedback import CONFLICTS_FILE, FeedbackRefused, FeedbackStore, RateLimiter, pixel_sha256
+from imgcls.errors import ImgclsError
+from imgcls.feedback import CONFLICTS_FILE, FeedbackStore, RateLimiter, pixel_sha256
 from training.data import Dataset
 from training.retrain import assemble, feedback_samples
 
@@ -62,14 +63,14 @@ def test_quota_in_files_and_bytes(tmp_path: Path) -> None:
     store = FeedbackStore(tmp_path, max_files=2)
     store.add(photo(1), "cat")
     store.add(photo(2), "dog")
-    with pytest.raises(FeedbackRefused) as e:
+    with pytest.raises(ImgclsError) as e:
         store.add(photo(3), "cat")
     assert (e.value.status, e.value.reason) == (507, "feedback_quota")
     assert store.add(photo(1), "cat").duplicate  # a duplicate costs nothing
     # A new store counts what is on disk.
     reopened = FeedbackStore(tmp_path, max_bytes=store.bytes + 10)
     assert (reopened.files, reopened.bytes) == (2, store.bytes)
-    with pytest.raises(FeedbackRefused, match="full"):
+    with pytest.raises(ImgclsError, match="full"):
         reopened.add(photo(4), "cat")
 
 
@@ -77,13 +78,13 @@ def test_conflicting_labels_are_recorded_and_left_out_of_retraining(tmp_path: Pa
     store = FeedbackStore(tmp_path)
     a = store.add(photo(1), "cat")
     store.add(photo(2), "dog")
-    with pytest.raises(FeedbackRefused) as e:
+    with pytest.raises(ImgclsError) as e:
         store.add(photo(1), "dog")
     assert (e.value.status, e.value.reason) == (409, "label_conflict")
     assert not (tmp_path / "dog" / f"{a.sha256}.jpg").exists()
     records = [json.loads(line) for line in (tmp_path / CONFLICTS_FILE).read_text().splitlines()]
     assert records[0]["sha256"] == a.sha256 and records[0]["labels"] == ["cat", "dog"]
-    with pytest.raises(FeedbackRefused):  # once in conflict, the first label is refused too
+    with pytest.raises(ImgclsError):  # once in conflict, the first label is refused too
         FeedbackStore(tmp_path).add(photo(1), "cat")
     samples = feedback_samples(tmp_path, ["cat", "dog"])
     assert [(p.parent.name, label) for p, label in samples] == [("dog", 1)]
@@ -132,12 +133,12 @@ def test_rate_limiter_token_bucket() -> None:
     limiter = RateLimiter(rate=2.0, burst=3)
     for _ in range(3):
         limiter.check("a", now=100.0)
-    with pytest.raises(FeedbackRefused) as e:
+    with pytest.raises(ImgclsError) as e:
         limiter.check("a", now=100.0)
     assert (e.value.status, e.value.reason, e.value.headers) == (429, "rate_limited", {"Retry-After": "1"})
     limiter.check("b", now=100.0)  # per client
     limiter.check("a", now=100.5)  # refilled at 2/s
-    with pytest.raises(FeedbackRefused):
+    with pytest.raises(ImgclsError):
         limiter.check("a", now=100.5)
 
 
