@@ -39,7 +39,7 @@ from imgcls.images import IMAGE_SUFFIXES
 from imgcls.loader import Failure, preprocessed_batches
 from imgcls.novelty import is_known
 from imgcls.onnx_model import VARIANTS, DeviceError, OnnxClassifier
-from imgcls.registry import ModelError, Registry, default_root, verify
+from imgcls.registry import DEFAULT_ROOT, ModelError, Registry, verify
 
 FIELDS = ("path", "label", "score", "known", "novelty", "probabilities", "model_version", "error", "detail")
 GLOB_CHARS = frozenset("*?[")
@@ -272,6 +272,7 @@ class Options:
     progress: bool = True
     actors: int | None = None  # ray: actor pool size (None: cluster CPUs // actor_cpus)
     actor_cpus: float = 1.0  # ray: CPUs reserved per actor
+    tensorrt_cache: Path | None = None  # a folder: TensorRT first on CUDA, its engines cached there
 
 
 def run_local(todo: list[str], model: OnnxClassifier, out: ResultsFile, opts: Options) -> None:
@@ -290,8 +291,10 @@ def run_local(todo: list[str], model: OnnxClassifier, out: ResultsFile, opts: Op
 class RayPredictor:
     """The Ray Data actor: loads the ONNX model once, decodes each batch in threads, returns rows as JSON text."""
 
-    def __init__(self, model_dir: str, device: str, threads: int | None, workers: int, variant: str = "auto") -> None:
-        self.model = OnnxClassifier(model_dir, device=device, threads=threads, variant=variant)
+    def __init__(self, model_dir: str, device: str, threads: int | None, workers: int, variant: str = "auto",
+                 tensorrt_cache: Path | None = None) -> None:
+        self.model = OnnxClassifier(model_dir, device=device, threads=threads, variant=variant,
+                                    tensorrt_cache=tensorrt_cache)
         self.workers = workers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -319,6 +322,7 @@ def run_ray(todo: list[str], model_dir: Path, out: ResultsFile, opts: Options) -
         ds = ray.data.from_items([{"path": p} for p in todo]).map_batches(
             RayPredictor,
             fn_constructor_kwargs={"model_dir": str(model_dir), "device": opts.device, "threads": threads,
+                                   "tensorrt_cache": opts.tensorrt_cache,
                                    "workers": opts.workers, "variant": opts.variant},
             batch_size=opts.batch_size, batch_format="numpy", num_cpus=opts.actor_cpus,
             num_gpus=1 if opts.device == "cuda" else 0,
@@ -355,7 +359,8 @@ def run_job(inputs: str, output: Path, model_dir: Path, engine: str = "local", o
         import_ray()  # fail before loading anything
         model, version = None, verify(model_dir)["version"]  # the actors load their own sessions
     else:
-        model = OnnxClassifier(model_dir, device=opts.device, threads=opts.threads, variant=opts.variant)
+        model = OnnxClassifier(model_dir, device=opts.device, threads=opts.threads, variant=opts.variant,
+                               tensorrt_cache=opts.tensorrt_cache)
         version = model.version
     with ResultsFile(output) as out:
         _check_same_model(out, version)
@@ -416,7 +421,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m imgcls.batc
     p.add_argument("--input", required=True, help="a folder (recursive), a glob (quote it) or a CSV list of paths")
     p.add_argument("--output", required=True, type=Path, help="results file: .jsonl, or .csv for CSV rows")
     p.add_argument("--model", default="current", help="current, a version, or a version folder")
-    p.add_argument("--artifacts", type=Path, default=None, help=f"registry folder (default: {default_root()})")
+    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS_DIR") or DEFAULT_ROOT),
+                   help="registry folder (default: $ARTIFACTS_DIR, else ./artifacts)")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=Options.workers, help="decoding threads")

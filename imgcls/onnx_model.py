@@ -16,7 +16,7 @@ import numpy as np
 from imgcls.cam import class_activation_map
 from imgcls.novelty import NoveltyDetector, embed, is_known
 from imgcls.preprocess import Preprocess
-from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, default_root, verify
+from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, verify
 
 log = logging.getLogger(__name__)
 VARIANTS = tuple(VARIANT_FILES)  # fp32, int8, fp16
@@ -65,16 +65,6 @@ def choose_providers(device: str, available: list[str], gpu: bool, tensorrt_cach
         else:
             log.warning("ORT_TENSORRT=1, but this onnxruntime has no TensorRT provider; using CUDA without it")
     return providers
-
-
-def tensorrt_cache_from_env() -> Path | None:
-    """``ORT_TENSORRT=1`` asks for TensorRT; its engines are cached in ``ORT_TRT_CACHE_DIR``
-    (default ``<artifacts>/cache/tensorrt``) so that only the first start of a model builds them."""
-    if os.environ.get("ORT_TENSORRT", "") not in ("1", "true", "yes"):
-        return None
-    path = Path(os.environ.get("ORT_TRT_CACHE_DIR") or default_root() / "cache" / "tensorrt")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def gpu_visible() -> bool:
@@ -143,9 +133,11 @@ class OnnxClassifier:
     """Loads ``model_dir`` (verifying its sha256s) and classifies preprocessed NCHW float32 batches."""
 
     def __init__(self, model_dir: Path | str, *, device: str = "auto", threads: int | None = None,
-                 metadata: dict[str, Any] | None = None, variant: str = "auto") -> None:
+                 metadata: dict[str, Any] | None = None, variant: str = "auto",
+                 tensorrt_cache: Path | None = None) -> None:
         """``metadata`` is for a version still being built (not yet checksummed); otherwise it is verified.
-        ``variant``: auto, fp32, int8 or fp16 (see :func:`choose_variant`); ``.variant`` says which one runs."""
+        ``variant``: auto, fp32, int8 or fp16 (see :func:`choose_variant`); ``.variant`` says which one runs.
+        ``tensorrt_cache``: a folder asks for TensorRT on CUDA, its engines cached there (created if missing)."""
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -154,7 +146,9 @@ class OnnxClassifier:
         self.labels: list[str] = list(self.metadata["labels"])
         self.preprocess = Preprocess.from_dict(self.metadata["preprocessing"])
         opts = session_options(threads)
-        providers = providers_for(device, tensorrt_cache_from_env())
+        if tensorrt_cache is not None:
+            tensorrt_cache.mkdir(parents=True, exist_ok=True)
+        providers = providers_for(device, tensorrt_cache)
         available = available_variants(self.model_dir, self.metadata)
         wants_cuda = "CUDAExecutionProvider" in providers
         self.variant: str = choose_variant(variant, available, wants_cuda, cpu_has_int8_dot())

@@ -37,14 +37,13 @@ class ModelError(ImgclsError, RuntimeError):
         super().__init__(status, reason, message, headers)
 
 
-def default_root() -> Path:
-    return Path(os.environ.get("ARTIFACTS_DIR") or PROJECT_ROOT / "artifacts")
+DEFAULT_ROOT = PROJECT_ROOT / "artifacts"  # the programs' default (their ARTIFACTS_DIR setting overrides it)
 
 
 def default_feedback_dir(root: Path | str) -> Path:
-    """Where the service stores POST /feedback images and retraining reads them: ``$FEEDBACK_DIR``, else
-    ``<root>/feedback`` for the registry folder ``root``."""
-    return Path(os.environ.get("FEEDBACK_DIR") or Path(root) / "feedback")
+    """Where the service stores POST /feedback images and retraining reads them, unless told otherwise
+    (FEEDBACK_DIR): ``<root>/feedback`` for the registry folder ``root``."""
+    return Path(root) / "feedback"
 
 
 def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -102,10 +101,10 @@ def verify(model_dir: Path) -> dict[str, Any]:
 
 
 class Registry:
-    """Model versions under ``root`` (default ``$ARTIFACTS_DIR`` or ``./artifacts``)."""
+    """Model versions under ``root`` (default :data:`DEFAULT_ROOT`, ``./artifacts`` of the checkout)."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root) if root is not None else default_root()
+        self.root = Path(root) if root is not None else DEFAULT_ROOT
         self.models = self.root / "models"
         self.pointer = self.root / "current"
 

@@ -1,17 +1,20 @@
-"""Service settings, from environment variables (documented in the README)."""
+"""Service settings: the one place the service reads its environment variables (documented in the README).
+
+:meth:`Config.from_env` is called when a service instance (or its middleware stack) is built, never at import, and
+the result is passed down as one object.
+"""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from imgcls.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS_FULL
-from imgcls.registry import default_feedback_dir, default_root
+from imgcls.registry import DEFAULT_ROOT, default_feedback_dir
 
-
-def _env(name: str, default, cast=str):
-    raw = os.environ.get(name)
-    return default if raw in (None, "") else cast(raw)
+__all__ = ["Config"]
+_TRUE = ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,19 @@ class Config:
     decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
     refusal_rate: float  # REFUSAL_RATE: a client's 4xx answers beyond its burst go out at this rate a second (0: off)
     refusal_burst: int  # REFUSAL_BURST: 4xx answers a client gets at once before they are held back
+    # ORT_TENSORRT=1: TensorRT first on CUDA, its engines cached in ORT_TRT_CACHE_DIR (default
+    # <artifacts>/cache/tensorrt) so that only the first start of a model builds them; None: no TensorRT
+    tensorrt_cache: Path | None
 
     @classmethod
-    def from_env(cls) -> "Config":
-        artifacts = Path(_env("ARTIFACTS_DIR", str(default_root())))
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
+        """The settings from ``environ`` (default: this process's environment); unset or empty means default."""
+        def _env(name: str, default, cast=str):
+            raw = environ.get(name)
+            return default if raw in (None, "") else cast(raw)
+
+        artifacts = Path(_env("ARTIFACTS_DIR", str(DEFAULT_ROOT)))
+        tensorrt = _env("ORT_TENSORRT", "") in _TRUE
         return cls(
             model=_env("MODEL", "current"),
             artifacts=artifacts,
@@ -60,9 +72,9 @@ class Config:
             max_queue=_env("MAX_QUEUE", 256, int),
             poll_seconds=_env("MODEL_POLL_S", 2.0, float),
             admin_token=_env("ADMIN_TOKEN", ""),
-            feedback_dir=default_feedback_dir(artifacts),
+            feedback_dir=Path(_env("FEEDBACK_DIR", str(default_feedback_dir(artifacts)))),
             feedback_token=_env("FEEDBACK_TOKEN", ""),
-            feedback_open=_env("FEEDBACK_OPEN", "0") in ("1", "true", "yes"),
+            feedback_open=_env("FEEDBACK_OPEN", "0") in _TRUE,
             feedback_rate=_env("FEEDBACK_RATE", 1.0, float),
             feedback_burst=_env("FEEDBACK_BURST", 10, int),
             feedback_max_bytes=_env("FEEDBACK_MAX_BYTES", 1 << 30, int),
@@ -73,6 +85,7 @@ class Config:
             decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
             refusal_rate=_env("REFUSAL_RATE", 10.0, float),
             refusal_burst=_env("REFUSAL_BURST", 50, int),
+            tensorrt_cache=Path(_env("ORT_TRT_CACHE_DIR", str(artifacts / "cache" / "tensorrt"))) if tensorrt else None,
         )
 
     def public(self) -> dict:

@@ -51,7 +51,7 @@ class ModelHolder:
     def load(self, ref: str) -> OnnxClassifier:
         """Load, verify, warm up and check one version; raises on any failure."""
         model = OnnxClassifier(self.registry.resolve(ref), device=self.config.device, variant=self.config.variant,
-                               threads=self.config.ort_threads or None)
+                               threads=self.config.ort_threads or None, tensorrt_cache=self.config.tensorrt_cache)
         s = model.preprocess.input_size
         for n in (1, min(8, self.config.max_batch_size)):
             model.predict(np.zeros((n, 3, s, s), np.float32))

@@ -30,16 +30,14 @@ from imgcls.preprocess import Preprocess
 from service.auth import bearer_matches
 from service.config import Config
 from service.answers import Prediction, StaleInput
-from service.errors import JsonErrors, error_response, overloaded
+from service.errors import error_response, overloaded
 from service.heatmap import overlay_png
 from service.lifecycle import exit_with_parent
-from service.logs import RequestIdAndAccessLog, configure_json_logging
+from service.logs import configure_json_logging
 from service.model_client import LocalModel, RemoteModel
-from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, HttpMetrics, metrics_endpoint
-from service.throttle import RefusalThrottle
-from service.uploads import UploadRequests, UploadRoute
+from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, metrics_endpoint
+from service.middleware import ApiLayers
 
-CONFIG = Config.from_env()
 STATIC = Path(__file__).parent / "static"
 ImageFile = Path  # any file: decode_image decides what is an image, and answers 415/422 with the reason
 PngFile = Annotated[Path, ContentType("image/png")]
@@ -99,16 +97,6 @@ def answers_errors(func):
     return wrapper
 
 
-UPLOAD_ROUTES = {
-    "/classify": UploadRoute("image", 1, frozenset({"k"}), check_image=True),
-    "/classify_batch": UploadRoute("images", CONFIG.max_batch_images, frozenset({"k"})),
-    "/explain": UploadRoute("image", 1, frozenset({"label", "format"}), check_image=True),
-    "/feedback": UploadRoute("image", 1, frozenset({"label"})),
-}
-KNOWN_PATHS = frozenset({*UPLOAD_ROUTES, "/model", "/admin/reload", "/demo", "/metrics", "/", "/docs.json",
-                         "/schema.json", "/livez", "/readyz", "/healthz"})
-
-
 async def _demo_page(request: Request) -> Response:
     return FileResponse(STATIC / "demo.html", media_type="text/html")
 
@@ -140,10 +128,10 @@ class ClassifierApi:
 
     The endpoints, whichever way the model is reached (``self.model_client``: a LocalModel or a RemoteModel)."""
 
-    def __init__(self, model_client: LocalModel | RemoteModel) -> None:
+    def __init__(self, config: Config, model_client: LocalModel | RemoteModel) -> None:
         configure_json_logging()
         exit_with_parent()
-        self.config = CONFIG
+        self.config = config
         self.model_client = model_client
         self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory
         self.slow_lane = anyio.Semaphore(1)  # images that cost over COSTLY_PIXELS to decode, one at a time
@@ -324,15 +312,8 @@ def _classification(answer: Prediction, k: int | None) -> Classification:
 
 
 def with_middlewares(svc):
-    """The HTTP layers every topology shares. Outermost first: metrics and the request id see every request;
-    errors are reshaped inside them."""
-    svc.add_asgi_middleware(HttpMetrics, endpoints=KNOWN_PATHS)
-    svc.add_asgi_middleware(RequestIdAndAccessLog)
-    svc.add_asgi_middleware(RefusalThrottle, rate=CONFIG.refusal_rate, burst=CONFIG.refusal_burst)
-    svc.add_asgi_middleware(JsonErrors)
-    svc.add_asgi_middleware(UploadRequests, routes=UPLOAD_ROUTES, max_body_bytes=CONFIG.max_body_bytes,
-                            stall_timeout_s=CONFIG.stall_timeout_s, max_pixels=CONFIG.max_pixels,
-                            max_pixels_full=CONFIG.max_pixels_full)
+    """The HTTP layers every topology shares (:class:`service.middleware.ApiLayers`)."""
+    svc.add_asgi_middleware(ApiLayers)
     return svc
 
 
@@ -343,7 +324,8 @@ class ImageClassifier(ClassifierApi):
     """The service in one process: the API decodes, and ONNX Runtime runs the coalesced batches beside it."""
 
     def __init__(self) -> None:
-        super().__init__(LocalModel(CONFIG))
+        config = Config.from_env()
+        super().__init__(config, LocalModel(config))
 
     def __is_ready__(self) -> bool:
         return self.model_client.ready

@@ -23,9 +23,13 @@ from service.inference import Inference
 from service.lifecycle import exit_with_parent, linger_after_sigterm
 from service.logs import configure_json_logging
 from service.model_client import RemoteModel
-from service.service import CONFIG, SERVICE_OPTIONS, ClassifierApi, web, with_middlewares
+from service.config import Config
+from service.service import SERVICE_OPTIONS, ClassifierApi, web, with_middlewares
 
 __all__ = ["ImageClassifierSplit", "ModelService"]
+# BentoML fixes a batchable endpoint's batch size and latency when the class is decorated, so these two settings
+# (MAX_BATCH_SIZE, MAX_LATENCY_MS) are the only ones read at import; every other one when a service is built.
+_BATCHING = Config.from_env()
 
 
 @bentoml.service(
@@ -42,13 +46,14 @@ class ModelService:
     def __init__(self) -> None:
         configure_json_logging()
         exit_with_parent()
-        linger_after_sigterm(CONFIG.shutdown_grace_s)
-        self.inference = Inference(CONFIG)
+        config = Config.from_env()
+        linger_after_sigterm(config.shutdown_grace_s)
+        self.inference = Inference(config)
 
     def __is_ready__(self) -> bool:
         return self.inference.ready
 
-    @bentoml.api(batchable=True, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms)
+    @bentoml.api(batchable=True, max_batch_size=_BATCHING.max_batch_size, max_latency_ms=_BATCHING.max_latency_ms)
     def infer(self, crops: list[np.ndarray]) -> list[dict[str, Any]]:
         """Class probabilities for uint8 HWC crops at the model's input size, one answer per crop."""
         return [to_wire(a) for a in self.inference.infer(crops)]
@@ -85,4 +90,5 @@ class ImageClassifierSplit(ClassifierApi):
     inference = bentoml.depends(ModelService)
 
     def __init__(self) -> None:
-        super().__init__(RemoteModel(self.inference, CONFIG))
+        config = Config.from_env()
+        super().__init__(config, RemoteModel(self.inference, config))

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from imgcls.onnx_model import DeviceError
-from imgcls.registry import ModelError, Registry, public_metadata
+from imgcls.registry import DEFAULT_ROOT, ModelError, Registry, public_metadata
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
 from training.models import BACKBONES, WeightsError
@@ -160,7 +161,8 @@ def cmd_retrain(args: argparse.Namespace, registry: Registry) -> int:
 
 def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
-    parser.add_argument("--artifacts", type=Path, default=None, help="registry folder (default: ./artifacts)")
+    parser.add_argument("--artifacts", type=Path, default=Path(os.environ.get("ARTIFACTS_DIR") or DEFAULT_ROOT),
+                        help="registry folder (default: $ARTIFACTS_DIR, else ./artifacts)")
     parser.add_argument("-v", "--verbose", action="store_true")
     # The same two options after the command too (`imgcls train --artifacts DIR`); absent there, they keep the above.
     common = argparse.ArgumentParser(add_help=False)
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m training") -> int
                    help="test accuracy the candidate needs over the base (equal accuracy: log-loss decides)")
     p.add_argument("--original-data", help="the base model's data, whose test split both are compared on "
                                            "(default: the data root in the base's metadata)")
-    p.add_argument("--feedback", type=Path,
+    p.add_argument("--feedback", type=Path, default=os.environ.get("FEEDBACK_DIR") or None,
                    help="the service's feedback folder (default: $FEEDBACK_DIR, else <artifacts>/feedback)")
     p.add_argument("--epochs", type=int, help="default: the base model's")
     p.add_argument("--aug-views", type=int, help="augmented views per training image (default: the base model's)")

@@ -4,7 +4,6 @@ server."""
 from __future__ import annotations
 
 import asyncio
-import importlib
 import io
 import json
 import time
@@ -27,23 +26,17 @@ SETTINGS = {"MODEL_POLL_S": "0", "ADMIN_TOKEN": TOKEN, "FEEDBACK_TOKEN": FEEDBAC
 
 @pytest.fixture(scope="module")
 def api(tiny_registry: Path, tmp_path_factory):
-    """The service's ASGI app on ``tiny_registry``; settings are read when service.service is imported."""
+    """The service's ASGI app on ``tiny_registry``; settings are read from the environment when the app is built."""
     feedback = tmp_path_factory.mktemp("feedback")
     mp = pytest.MonkeyPatch()
     for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry), "FEEDBACK_DIR": str(feedback)}.items():
         mp.setenv(k, v)
-    with TestClient(_reloaded_services().ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
+    from service.service import ImageClassifier
+
+    with TestClient(ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
         client.feedback_dir = feedback
         yield client
     mp.undo()
-
-
-def _reloaded_services():
-    """service.service, imported again so that it reads the settings of the environment now."""
-    import service.config, service.inference, service.model_client, service.service  # noqa: E401
-    for module in (service.config, service.inference, service.model_client, service.service):
-        importlib.reload(module)
-    return service.service
 
 
 def jpeg(label: str, seed: int = 0) -> bytes:
@@ -268,11 +261,11 @@ def test_the_split_topology_answers_the_same(tiny_registry: Path, monkeypatch) -
     dependency) gives the same answers, errors included."""
     for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry)}.items():
         monkeypatch.setenv(k, v)
-    one = _reloaded_services()
-    import service.split
-    split = importlib.reload(service.split)
-    with TestClient(one.ImageClassifier.to_asgi(), raise_server_exceptions=False) as a, \
-            TestClient(split.ImageClassifierSplit.to_asgi(), raise_server_exceptions=False) as b:
+    from service.service import ImageClassifier
+    from service.split import ImageClassifierSplit
+
+    with TestClient(ImageClassifier.to_asgi(), raise_server_exceptions=False) as a, \
+            TestClient(ImageClassifierSplit.to_asgi(), raise_server_exceptions=False) as b:
         for label in synthetic.CLASSES:
             answer = a.post("/classify", files=up(jpeg(label, 7))).json()
             assert answer["label"] == label and answer == b.post("/classify", files=up(jpeg(label, 7))).json()

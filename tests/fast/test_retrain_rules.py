@@ -22,11 +22,13 @@ def test_decision_rule_accuracy_first_then_log_loss() -> None:
     assert "log-loss" in decide(base, {"accuracy": 0.90, "log_loss": 0.31}).reason
 
 
-def test_feedback_folder_default_is_one_definition(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv("FEEDBACK_DIR", raising=False)
+def test_feedback_folder_default_is_one_definition(tmp_path: Path) -> None:
+    """The library's default; FEEDBACK_DIR is read by the programs (the service's Config, retrain's --feedback)."""
+    from service.config import Config
+
     assert default_feedback_dir(tmp_path) == tmp_path / "feedback"
-    monkeypatch.setenv("FEEDBACK_DIR", str(tmp_path / "elsewhere"))
-    assert default_feedback_dir(tmp_path) == tmp_path / "elsewhere"
+    assert Config.from_env({"ARTIFACTS_DIR": str(tmp_path)}).feedback_dir == tmp_path / "feedback"
+    assert Config.from_env({"ARTIFACTS_DIR": str(tmp_path), "FEEDBACK_DIR": "/x"}).feedback_dir == Path("/x")
 
 
 def test_feedback_files_become_samples_and_unknown_labels_are_refused(tmp_path: Path) -> None:

@@ -1,0 +1,47 @@
+"""The HTTP layers every topology puts in front of its endpoints, built from the settings in one place.
+
+Outermost first: metrics and the request id see every request; the refusal throttle holds back floods of 4xx
+answers; errors are reshaped to ``{"error", "detail"}``; uploads are read, bounded and checked before an endpoint.
+"""
+from __future__ import annotations
+
+from service.config import Config
+from service.errors import JsonErrors
+from service.logs import RequestIdAndAccessLog
+from service.metrics import HttpMetrics
+from service.throttle import RefusalThrottle
+from service.uploads import UploadRequests, UploadRoute
+
+__all__ = ["KNOWN_PATHS", "ApiLayers", "upload_routes"]
+
+
+def upload_routes(config: Config) -> dict[str, UploadRoute]:
+    """The endpoints that take uploads: their file field, how many files, and the other parameters they take."""
+    return {
+        "/classify": UploadRoute("image", 1, frozenset({"k"}), check_image=True),
+        "/classify_batch": UploadRoute("images", config.max_batch_images, frozenset({"k"})),
+        "/explain": UploadRoute("image", 1, frozenset({"label", "format"}), check_image=True),
+        "/feedback": UploadRoute("image", 1, frozenset({"label"})),
+    }
+
+
+KNOWN_PATHS = frozenset({"/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload", "/demo",
+                         "/metrics", "/", "/docs.json", "/schema.json", "/livez", "/readyz", "/healthz"})
+
+
+class ApiLayers:
+    """ASGI middleware: the whole stack above, configured by :meth:`Config.from_env` when BentoML builds the app
+    (not at import, so a test or a process sees the settings of its environment then)."""
+
+    def __init__(self, app, config: Config | None = None) -> None:
+        config = config or Config.from_env()
+        app = UploadRequests(app, routes=upload_routes(config), max_body_bytes=config.max_body_bytes,
+                             stall_timeout_s=config.stall_timeout_s, max_pixels=config.max_pixels,
+                             max_pixels_full=config.max_pixels_full)
+        app = JsonErrors(app)
+        app = RefusalThrottle(app, rate=config.refusal_rate, burst=config.refusal_burst)
+        app = RequestIdAndAccessLog(app)
+        self.app = HttpMetrics(app, endpoints=KNOWN_PATHS)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
