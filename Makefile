@@ -27,7 +27,7 @@ train: setup
 # Trains and promotes the default model only when artifacts/ has no current one, then serves it.
 serve: setup
 	$(PY) -m training train --if-no-current
-	$(PY) -m imgcls serve --host 0.0.0.0 --port $(PORT)
+	$(PY) -m cli serve --host 0.0.0.0 --port $(PORT)
 
 # The fast tier: synthetic images and a tiny model trained in seconds; no ../shared data, no network, about a minute.
 test-fast: setup

@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import DATA, pct
-from imgcls.live_server import free_port, server_process as server
+from tests.live_server import free_port, server_process as server
 from bench.soak import find_server_pid, tree_rss_mb
 from imgcls.images import DEFAULT_MAX_PIXELS_FULL
 
@@ -97,7 +97,7 @@ def main() -> None:
     under = math.isqrt(DEFAULT_MAX_PIXELS_FULL)
     bombs = {"7000x7000 lossless WebP (issue)": webp(7000), f"{under}x{under} lossless WebP (at the limit)": webp(under)}
     port = free_port()
-    cmd = [sys.executable, "-m", "imgcls", "serve", args.service, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", args.service, "--host", "127.0.0.1", "--port", str(port)]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-abuse-{port}.log"
     with server(cmd, port, {"ARTIFACTS_DIR": str(args.artifacts), "BENTOML_DISABLE_GPU_ALLOCATION": "1"}, log) as url:
         pid = find_server_pid(port)

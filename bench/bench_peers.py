@@ -33,7 +33,7 @@ from typing import Callable
 import httpx
 
 from bench.common import load, test_photos
-from imgcls.live_server import free_port, server_process as server
+from tests.live_server import free_port, server_process as server
 from imgcls.registry import PROJECT_ROOT as ROOT
 from imgcls.registry import Registry
 
@@ -63,7 +63,7 @@ def _service(variant: str) -> Callable[[Path, int, Path], Launch]:
     def launch(model_dir: Path, port: int, _: Path) -> Launch:
         env = {"ARTIFACTS_DIR": str(model_dir.parent.parent), "MODEL": str(model_dir), "MODEL_VARIANT": variant,
                "MODEL_POLL_S": "0", "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
-        return Launch([sys.executable, "-m", "imgcls", "serve",
+        return Launch([sys.executable, "-m", "cli", "serve",
                        "--host", "127.0.0.1", "--port", str(port)], env)
     return launch
 

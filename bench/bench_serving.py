@@ -21,7 +21,7 @@ import httpx
 
 from bench.common import load, pct, test_photos
 from imgcls.images import decode_image
-from imgcls.live_server import free_port, metric, server_process
+from tests.live_server import free_port, metric, server_process
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import Registry
@@ -54,7 +54,7 @@ def serve_and_load(target: str, name: str, env: dict[str, str], bodies: list[byt
     """Start ``imgcls serve target``, warm it up, time 100 lone requests, then ``requests`` from ``clients``."""
     port = free_port()
     log = Path(tempfile.gettempdir()) / f"bench_serving_{name}.log"
-    cmd = [sys.executable, "-m", "imgcls", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     with server_process(cmd, port, env, log) as url:
         load(url, bodies[:64], clients, 128)  # warm-up
         unloaded = []

@@ -1,5 +1,5 @@
 """What the benchmarks share: the project's test photos, a load generator, percentiles. Servers on free ports and
-metrics come from :mod:`imgcls.live_server`."""
+metrics come from :mod:`tests.live_server`."""
 from __future__ import annotations
 
 import sys

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import DATA, pct
-from imgcls.live_server import free_port, server_process as server
+from tests.live_server import free_port, server_process as server
 from bench.fuzz import _picture, _save, bombs, mutate, seed_images
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -183,7 +183,7 @@ def main() -> None:
         rows = run(args.url, args.pid)
     else:
         port = free_port()
-        cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
                "--port", str(port)]
         # The 15 MP PNG is 39 MB: a body limit above it, so that it is decoded (the memory this soak watches)
         # rather than refused unread by the default 10 MB limit. Its load stands for many clients from one

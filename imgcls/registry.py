@@ -159,16 +159,14 @@ class Registry:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
-    def promote(self, ref: str, reason: str = "manual") -> str:
-        """Point ``current`` at a verified version (atomically). Rolling back is promoting an older version.
-
-        The version must match its checksums and reproduce its reference batch (:mod:`imgcls.reference`)."""
-        from imgcls.reference import check_reference  # imports ONNX Runtime: only where a model is promoted
-
+    def set_current(self, ref: str, reason: str = "manual") -> str:
+        """Point ``current`` at a version of this registry whose files match their checksums (atomically), and log
+        it. Only :func:`imgcls.promotion.promote` calls this: it also makes the version reproduce its reference
+        batch first. Rolling back is promoting an older version."""
         model_dir = self.resolve(ref)
         if model_dir.parent != self.models:
             raise ModelError(f"{model_dir} is not a version of this registry ({self.models})")
-        check_reference(model_dir)  # verifies the checksums first
+        verify(model_dir)
         previous = self.current()
         write_atomic(self.pointer, model_dir.name + "\n")
         entry = {"time": now_iso(), "version": model_dir.name, "previous": previous, "reason": reason}

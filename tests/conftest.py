@@ -16,7 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from imgcls.live_server import free_port, metric, server_process
+from tests.live_server import free_port, metric, server_process
+from imgcls.promotion import promote
 from imgcls.registry import PROJECT_ROOT as ROOT
 from imgcls.registry import Registry
 from tests import synthetic
@@ -55,7 +56,7 @@ def serve(artifacts: Path, log_path: Path, ready: bool = True, **env: str) -> It
 
     ``ready=False`` waits only for /livez (a server that has no model yet)."""
     port = free_port()
-    cmd = [PY, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [PY, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     with server_process(cmd, port, {**child_env(ARTIFACTS_DIR=str(artifacts), BENTOML_DISABLE_GPU_ALLOCATION="1",
                                                 **env)},
                         log_path, probe="/readyz" if ready else "/livez", timeout=90) as url:
@@ -105,7 +106,7 @@ def tiny_registry(tiny_data: Path, tmp_path_factory) -> Path:
     registry = Registry(root)
     cfg = TrainConfig(backbone="tiny", random_init=True, aug_views=1, fit=FitConfig(epochs=15, lr=0.1, seed=0))
     version, _ = train(create_dataset(tiny_data), cfg, registry, cache_dir=root / "cache" / "features")
-    registry.promote(version, reason="tiny_registry fixture")
+    promote(registry, version, reason="tiny_registry fixture")
     return root
 
 

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from imgcls.preprocess import SYMMETRIC_MEAN, SYMMETRIC_STD, Preprocess
 from imgcls.reference import write_reference
+from imgcls.promotion import promote as promote_version
 from imgcls.registry import HEAD_FILE, METADATA_FILE, ONNX_FILE, Registry, now_iso, sha256_file
 
 INPUT_SIZE, CHANNELS = 32, 4
@@ -66,7 +67,7 @@ def add_tiny_version(registry: Registry, version: str | None = None, labels: tup
     meta["reference"] = write_reference(staging, inputs, meta)
     registry.add(staging, meta)
     if promote:
-        registry.promote(version, reason="test")
+        promote_version(registry, version, reason="test")
     return version
 
 

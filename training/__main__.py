@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from imgcls.onnx_model import DeviceError
+from imgcls.promotion import promote
 from imgcls.registry import DEFAULT_ROOT, ModelError, Registry, public_metadata
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
@@ -43,13 +44,13 @@ def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
                       open_set=OpenSetConfig(args.novelty_accept, args.novelty_scores))
     version, meta = train(_dataset(args), cfg, registry, cache_dir=registry.root / "cache" / "features",
                           ood=args.ood, shifted=args.shifted)
-    promote = args.promote if args.promote is not None else registry.current() is None
-    if promote:
-        registry.promote(version, reason="train")
+    promoting = args.promote if args.promote is not None else registry.current() is None
+    if promoting:
+        promote(registry, version, reason="train")
     test = meta["metrics"]["test"]
     print(f"{version}: test accuracy {test['accuracy']:.4f}, log-loss {test['log_loss']:.4f}, "
           f"roc-auc {test['roc_auc']}, {test['n']} images; {meta['timings']['total_s']:.0f} s"
-          f"{'; promoted to current' if promote else ''}")
+          f"{'; promoted to current' if promoting else ''}")
     _print_open_set(test)
     _print_shifted(meta["metrics"].get("shifted"))
     print(f"report: {registry.resolve(version) / 'report' / 'report.md'}")
@@ -111,7 +112,7 @@ def _print_shifted(shifted: list[dict] | None) -> None:
 
 def cmd_promote(args: argparse.Namespace, registry: Registry) -> int:
     previous = registry.current()
-    version = registry.promote(args.model, reason=args.reason)
+    version = promote(registry, args.model, reason=args.reason)
     print(f"current: {previous} -> {version}")
     return 0
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from imgcls.feedback import CONFLICTS_FILE, conflicted_hashes, pixel_sha256
 from imgcls.images import ImageError, decode_image
+from imgcls.promotion import promote
 from imgcls.registry import Registry, default_feedback_dir, load_metadata, now_iso, sha256_file, write_atomic
 from training.data import Dataset, DataError, Sample, create_dataset
 from training.evaluate import evaluate_onnx, evaluate_shifted
@@ -314,7 +315,7 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
         report["status"] = "promoting" if decision.promote else "rejected"
         _write(out, report)
         if decision.promote:
-            registry.promote(candidate, reason=f"retrain over {base_version}: {decision.reason}")  # the last step
+            promote(registry, candidate, reason=f"retrain over {base_version}: {decision.reason}")  # the last step
             report["status"] = "promoted"
     except BaseException as e:
         report["status"], report["error"] = "failed", f"{type(e).__name__}: {e}"

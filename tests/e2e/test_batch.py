@@ -14,8 +14,8 @@ from tests.conftest import PY, ROOT, child_env
 
 
 def batch_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m imgcls.batch ARGS`` as a user runs it."""
-    return subprocess.run([PY, "-m", "imgcls.batch", "--no-progress", *args], cwd=ROOT, capture_output=True,
+    """``python -m cli.batch ARGS`` as a user runs it."""
+    return subprocess.run([PY, "-m", "cli.batch", "--no-progress", *args], cwd=ROOT, capture_output=True,
                           text=True, env=child_env(), timeout=timeout)
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from imgcls.live_server import free_port
+from tests.live_server import free_port
 from imgcls.registry import Registry
 from tests.conftest import PY, ROOT, child_env
 from tests.tiny_model import add_tiny_version
@@ -33,7 +33,7 @@ TOPOLOGIES = {"service.service:ImageClassifier": 1, "service.split:ImageClassifi
 
 def start(registry: Path, log: Path, service: str = "service.service:ImageClassifier") -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([PY, "-m", "imgcls", "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([PY, "-m", "cli", "serve", service, "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT,
                             env=child_env(ARTIFACTS_DIR=str(registry), BENTOML_DISABLE_GPU_ALLOCATION="1"),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)

@@ -48,7 +48,7 @@ def test_every_version_has_a_detector_and_answers_say_known_and_novelty(tmp_path
     assert result["open_set"]["flagged_out"] == test["open_set"]["flagged_out"]
 
     rows = tmp_path / "rows.jsonl"
-    subprocess.run([sys.executable, "-m", "imgcls.batch", "--input", str(ood), "--output", str(rows), "--model",
+    subprocess.run([sys.executable, "-m", "cli.batch", "--input", str(ood), "--output", str(rows), "--model",
                     str(version_dir), "--no-progress"], cwd=ROOT, check=True, capture_output=True)
     lines = [json.loads(line) for line in rows.read_text().splitlines()]
     assert len(lines) == 10 and all(isinstance(r["known"], bool) and r["novelty"] >= 0 for r in lines)

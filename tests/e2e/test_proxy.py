@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from imgcls.live_server import free_port
+from tests.live_server import free_port
 from imgcls.registry import Registry
 from tests.conftest import ROOT, serve
 from tests.tiny_model import add_tiny_version

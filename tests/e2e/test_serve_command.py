@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from imgcls.live_server import free_port, metric, server_process
+from tests.live_server import free_port, metric, server_process
 from imgcls.registry import Registry
 from tests import synthetic
 from tests.conftest import PY, child_env
@@ -14,7 +14,7 @@ from tests.conftest import PY, child_env
 
 def test_imgcls_serve_passes_host_and_port_to_bentoml(tiny_registry: Path, tmp_path: Path) -> None:
     port = free_port()
-    cmd = [PY, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [PY, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     env = child_env(ARTIFACTS_DIR=str(tiny_registry), BENTOML_DISABLE_GPU_ALLOCATION="1")
     with server_process(cmd, port, env, tmp_path / "serve.log", timeout=120) as url:
         assert url == f"http://127.0.0.1:{port}"

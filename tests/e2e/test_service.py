@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from imgcls.registry import Registry
-from imgcls.live_server import free_port, server_process as start_server
+from tests.live_server import free_port, server_process as start_server
 from service.config import Config
 from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_cli, serve
 
@@ -299,7 +299,7 @@ def test_built_bento_serves_a_real_photo_and_packs_no_photo(trained: Path, tmp_p
     assert not [f for f in files if f.lower().endswith((".jpg", ".jpeg", ".png"))]
     assert not [f for f in files if "/cache/" in f or "/report/" in f or f.startswith("tests/")]
     port = free_port()
-    cmd = [PY, "-m", "imgcls", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [PY, "-m", "cli", "serve", tag, "--host", "127.0.0.1", "--port", str(port)]
     with start_server(cmd, port, env={**env, "BENTOML_DISABLE_GPU_ALLOCATION": "1"},
                       log=tmp_path / "bento.log", timeout=120) as url:
         r = httpx.post(f"{url}/classify", files={"image": photos("dog", 1)[0].read_bytes()}, timeout=60)

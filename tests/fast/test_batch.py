@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgcls.batch import drop_torn_tail, main
+from cli.batch import main
+from imgcls.batch import drop_torn_tail
 from imgcls.images import decode_image
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import Registry
@@ -202,7 +203,7 @@ def test_sigkill_then_resume_gives_exactly_one_row_per_input(capsys, tiny_regist
     out = tmp_path / "results.jsonl"
     args = ["--input", str(listing), "--output", str(out), "--artifacts", str(tiny_registry), "--batch-size", "1"]
 
-    proc = subprocess.Popen([PY, "-m", "imgcls.batch", "--no-progress", *args], cwd=ROOT, env=child_env(),
+    proc = subprocess.Popen([PY, "-m", "cli.batch", "--no-progress", *args], cwd=ROOT, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -306,7 +307,7 @@ def test_usage_errors_exit_2_with_a_message(capsys, tiny_registry, pics, tmp_pat
 
 def test_batch_job_imports_no_torch_no_bentoml_and_no_training_code(tiny_registry, pics, tmp_path):
     out = tmp_path / "r.jsonl"
-    code = ("import sys\nfrom imgcls.batch import main\n"
+    code = ("import sys\nfrom cli.batch import main\n"
             f"rc = main(['--input', {str(pics['red'][0])!r}, '--output', {str(out)!r}, "
             f"'--artifacts', {str(tiny_registry)!r}, '--no-progress'])\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
@@ -319,7 +320,7 @@ def test_batch_job_imports_no_torch_no_bentoml_and_no_training_code(tiny_registr
 
 def test_ray_engine_without_ray_says_how_to_install(tmp_path):
     # sys.modules[name] = None is how Python marks a module as not importable: `import ray` raises ImportError
-    code = ("import sys\nsys.modules['ray'] = None\nfrom imgcls.batch import main\n"
+    code = ("import sys\nsys.modules['ray'] = None\nfrom cli.batch import main\n"
             f"sys.exit(main(['--input', {str(tmp_path)!r}, '--output', {str(tmp_path / 'r.jsonl')!r},"
             " '--engine', 'ray', '--artifacts', '/nonexistent']))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=child_env(),

@@ -1,4 +1,4 @@
-"""The one command line (``imgcls``, also ``python -m imgcls``) on the tiny model: evaluation of any folder layout
+"""The one command line (``imgcls``, also ``python -m cli``) on the tiny model: evaluation of any folder layout
 (``--split all``), clear one-line errors, the registry commands. In process, except where the process matters."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.cli import main
+from cli.main import main
 from imgcls.registry import Registry
 from tests import synthetic
 from tests.conftest import ROOT, TINY_CLASSES, child_env
@@ -50,7 +50,7 @@ def class_folders(root: Path, n: int) -> Path:
 
 def test_the_command_is_declared_and_lists_its_commands(capsys) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["imgcls"] == "imgcls.cli:main"
+    assert project["project"]["scripts"]["imgcls"] == "cli.main:main"
     rc, out, _ = imgcls(capsys, "--help")
     assert rc == 0
     for command in ("train", "evaluate", "list", "show", "promote", "export", "retrain", "batch", "serve"):
@@ -118,7 +118,7 @@ def test_list_show_and_promote(capsys, tiny_copy) -> None:
 
 
 def test_python_m_forms_and_serve_hands_over_to_bentoml() -> None:
-    proc = subprocess.run([sys.executable, "-m", "imgcls", "serve", "--help"], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "cli", "serve", "--help"], cwd=ROOT, capture_output=True,
                           text=True, env=child_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--port" in proc.stdout and "--host" in proc.stdout and "BENTO" in proc.stdout  # bentoml serve's help

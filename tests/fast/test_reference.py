@@ -11,6 +11,7 @@ import pytest
 
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.reference import REFERENCE_FILE, check_reference
+from imgcls.promotion import promote
 from imgcls.registry import METADATA_FILE, ONNX_FILE, ModelError, Registry, sha256_file
 from tests.tiny_model import add_tiny_version, make_nan_version, tiny_onnx
 
@@ -33,7 +34,7 @@ def test_the_nan_version_is_refused_by_promote(tmp_path: Path) -> None:
     nan = make_nan_version(reg, good)
     OnnxClassifier(reg.resolve(nan), device="cpu")  # checksums match: only running it can tell
     with pytest.raises(ModelError, match="non-finite"):
-        reg.promote(nan)
+        promote(reg, nan)
     assert reg.current() == good
     assert len((tmp_path / "promotions.jsonl").read_text().splitlines()) == 1
 
@@ -52,7 +53,7 @@ def test_replaced_weights_with_finite_outputs_are_refused(tmp_path: Path) -> Non
     meta["files"][ONNX_FILE] = sha256_file(onnx_path)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="differs from its reference outputs"):
-        reg.promote(v)
+        promote(reg, v)
 
 
 def test_a_version_without_reference_still_gets_a_finiteness_check(tmp_path: Path) -> None:
@@ -66,9 +67,9 @@ def test_a_version_without_reference_still_gets_a_finiteness_check(tmp_path: Pat
         del meta["files"][REFERENCE_FILE]
         (folder / METADATA_FILE).chmod(0o644)
         (folder / METADATA_FILE).write_text(json.dumps(meta))
-    reg.promote(good)
+    promote(reg, good)
     with pytest.raises(ModelError, match="non-finite"):
-        reg.promote(nan)
+        promote(reg, nan)
 
 
 def test_cli_promote_of_the_nan_version_is_a_one_line_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.promotion import promote
 from imgcls.registry import ModelError, Registry, public_metadata, verify
 from tests.tiny_model import add_tiny_version
 
@@ -33,10 +34,10 @@ def test_promote_moves_current_and_logs_history_and_rolls_back(tmp_path: Path) -
     assert reg.current() is None
     with pytest.raises(ModelError, match="no model has been promoted"):
         reg.resolve("current")
-    reg.promote("v1")
-    reg.promote("v2")
+    promote(reg, "v1")
+    promote(reg, "v2")
     assert reg.current() == "v2" and reg.resolve("current").name == "v2"
-    reg.promote("v1", reason="rollback")
+    promote(reg, "v1", reason="rollback")
     assert reg.current() == "v1"
     log = [json.loads(line) for line in (tmp_path / "promotions.jsonl").read_text().splitlines()]
     assert [(e["version"], e["previous"]) for e in log] == [("v1", None), ("v2", "v1"), ("v1", "v2")]
@@ -45,13 +46,13 @@ def test_promote_moves_current_and_logs_history_and_rolls_back(tmp_path: Path) -
 def test_promote_refuses_a_tampered_version(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     add_version(reg, "v1")
-    reg.promote("v1")
+    promote(reg, "v1")
     add_version(reg, "v2")
     onnx = reg.resolve("v2") / "model.onnx"
     onnx.chmod(0o644)
     onnx.write_bytes(b"tampered")
     with pytest.raises(ModelError, match="sha256"):
-        reg.promote("v2")
+        promote(reg, "v2")
     assert reg.current() == "v1"
     with pytest.raises(ModelError, match="sha256"):
         verify(reg.resolve("v2"))
@@ -61,7 +62,7 @@ def test_unknown_versions_are_named_errors(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     add_version(reg, "v1")
     with pytest.raises(ModelError, match="unknown model 'v9'.*v1"):
-        reg.promote("v9")
+        promote(reg, "v9")
 
 
 def test_resolve_accepts_folders_and_onnx_paths(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_readers_never_see_a_torn_pointer(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     for v in ("v1", "v2"):
         add_version(reg, v)
-    reg.promote("v1")
+    promote(reg, "v1")
     seen: set[str | None] = set()
     stop = threading.Event()
 
@@ -86,7 +87,7 @@ def test_readers_never_see_a_torn_pointer(tmp_path: Path) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     for i in range(200):
-        reg.promote("v2" if i % 2 == 0 else "v1")
+        promote(reg, "v2" if i % 2 == 0 else "v1")
     stop.set()
     reader.join()
     assert seen <= {"v1", "v2"}
@@ -111,5 +112,5 @@ def test_a_missing_file_fails_verification_and_promotion(tmp_path: Path) -> None
     with pytest.raises(ModelError, match="model.onnx is missing"):
         verify(folder)
     with pytest.raises(ModelError, match="missing"):
-        reg.promote(extra)
-    assert reg.current() is None and reg.promote(v) == "v1"
+        promote(reg, extra)
+    assert reg.current() is None and promote(reg, v) == "v1"

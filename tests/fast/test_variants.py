@@ -175,7 +175,7 @@ def test_device_cuda_without_cuda_is_an_error_and_auto_falls_back(tmp_path: Path
 
 
 def run_batch(reg: Registry, version: str, inputs: Path, out: Path, variant: str) -> subprocess.CompletedProcess:
-    cmd = [PY, "-m", "imgcls.batch", "--artifacts", str(reg.root), "--model", version, "--input", str(inputs),
+    cmd = [PY, "-m", "cli.batch", "--artifacts", str(reg.root), "--model", version, "--input", str(inputs),
            "--output", str(out), "--variant", variant, "--no-progress"]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env(), timeout=120)
 

@@ -1,10 +1,11 @@
 """``imgcls``: the project's one command.
 
     imgcls train|evaluate|list|show|promote|export|retrain ...   the registry and training (python -m training)
-    imgcls batch --input DIR|GLOB|LIST.csv --output FILE ...      batch inference (python -m imgcls.batch)
+    imgcls batch --input DIR|GLOB|LIST.csv --output FILE ...      batch inference (cli/batch.py, imgcls.batch)
     imgcls serve [BENTO] [--host H] [--port P] ...                 the HTTP service (bentoml serve)
 
-``imgcls COMMAND --help`` tells more. ``batch`` and ``serve`` never import torch or the training code.
+``imgcls COMMAND --help`` tells more (``python -m cli`` is the same command). ``batch`` and ``serve`` never import
+torch or the training code.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ SERVICE = "service.service:ImageClassifier"
 # Longer than the idle timeouts of common clients (and of BentoML's own client between our two services, 15 s), so
 # that the client, not the server, closes an idle connection: otherwise a request sent as the server closes it fails.
 KEEP_ALIVE_S = "75"
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return training_main([command, *rest], prog="imgcls")
     if command == "batch":
-        from imgcls.batch import main as batch_main
+        from cli.batch import main as batch_main
 
         return batch_main(rest, prog="imgcls batch")
     if command == "serve":
