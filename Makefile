@@ -7,7 +7,7 @@ PORT ?= 3000
 SERVE_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo serve-gpu || echo serve)
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: setup serve train test test-fast bench bench-peers clean
+.PHONY: setup serve train lint test test-fast bench bench-peers clean
 
 setup: $(VENV)/.installed-$(SERVE_EXTRA)
 
@@ -28,6 +28,10 @@ train: setup
 serve: setup
 	$(PY) -m training train --if-no-current
 	$(PY) -m cli serve --host 0.0.0.0 --port $(PORT)
+
+# The linter (its rules: [tool.ruff] in pyproject.toml); .ci/run runs it before the tests.
+lint: setup
+	$(PY) -m ruff check .
 
 # The fast tier: synthetic images and a tiny model trained in seconds; no ../shared data, no network, about a minute.
 test-fast: setup

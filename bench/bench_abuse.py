@@ -23,9 +23,10 @@ from pathlib import Path
 from PIL import Image
 
 from bench.common import DATA, pct
-from tests.live_server import free_port, server_process as server
 from bench.soak import find_server_pid, tree_rss_mb
 from imgcls.images import DEFAULT_MAX_PIXELS_FULL
+from tests.live_server import free_port
+from tests.live_server import server_process as server
 
 
 def webp(side: int) -> bytes:
@@ -95,7 +96,8 @@ def main() -> None:
         sys.exit(f"no photos under {DATA / 'test'}")
     valid = [path.read_bytes() for path in photos]
     under = math.isqrt(DEFAULT_MAX_PIXELS_FULL)
-    bombs = {"7000x7000 lossless WebP (issue)": webp(7000), f"{under}x{under} lossless WebP (at the limit)": webp(under)}
+    bombs = {"7000x7000 lossless WebP (issue)": webp(7000),
+             f"{under}x{under} lossless WebP (at the limit)": webp(under)}
     port = free_port()
     cmd = [sys.executable, "-m", "cli", "serve", args.service, "--host", "127.0.0.1", "--port", str(port)]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-abuse-{port}.log"

@@ -20,16 +20,16 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from bench.common import DATA
+from imgcls.batch import Options, ResultsFile, find_inputs, run_local
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import ModelError, Registry
-from imgcls.batch import Options, ResultsFile, find_inputs, run_local
 
 DEFAULT_DATA = DATA / "test"
 TARGET_RATIO = 0.9

@@ -26,16 +26,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
 from bench.common import load, test_photos
-from tests.live_server import free_port, server_process as server
 from imgcls.registry import PROJECT_ROOT as ROOT
 from imgcls.registry import Registry
+from tests.live_server import free_port
+from tests.live_server import server_process as server
 
 FIELD = "image"  # every server takes the photo as this multipart form field
 TORCHSERVE_DIR = ROOT / "bench" / "peers" / "torchserve"

@@ -21,11 +21,10 @@ import httpx
 
 from bench.common import load, pct, test_photos
 from imgcls.images import decode_image
-from tests.live_server import free_port, metric, server_process
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import Registry
-
+from tests.live_server import free_port, metric, server_process
 
 SERVICES = {"http": "service.service:ImageClassifier",  # the default: one process
             "split": "service.split:ImageClassifierSplit"}  # the API and a model service (bentoml.depends)

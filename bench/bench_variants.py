@@ -27,10 +27,10 @@ from pathlib import Path
 
 from bench.bench_batch import DEFAULT_DATA, job, model_only, timed
 from bench.common import DATA
+from imgcls.batch import Options, find_inputs
 from imgcls.loader import preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier, available_variants, cpu_has_int8_dot
 from imgcls.registry import ModelError, Registry
-from imgcls.batch import Options, find_inputs
 
 TARGET_INT8_SPEEDUP = 1.6
 FIRST_TRAIN_TARGET_S = 90

@@ -48,7 +48,8 @@ def measure(registry: Registry, ref: str, data: Path | str | None, ood: Path) ->
     if o is None:
         sys.exit(f"{meta['version']} has no open-set detector (trained before it existed): train a new version")
     return {"version": meta["version"], "scores": o["detector"]["scores"], "data": ds.root, "ood": str(ood),
-            "n_test": result["n"], "n_ood": o["n_out"], "test_flagged": o["flagged_in"], "ood_flagged": o["flagged_out"],
+            "n_test": result["n"], "n_ood": o["n_out"], "test_flagged": o["flagged_in"],
+            "ood_flagged": o["flagged_out"],
             "auroc": o["auroc"], "fpr_at_95_tpr": o["fpr_at_95_tpr"], "accuracy": result["accuracy"],
             "temperature": result.get("temperature"), "ece_before": result.get("ece_uncalibrated"),
             "ece_after": result["ece"], "recorded_test_accuracy": meta["metrics"]["test"]["accuracy"]}
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
           f"target >= 98% and <= 1%: {ok(m['ood_flagged'] >= 0.98 and m['test_flagged'] <= 0.01)}")
     print(f"  accuracy : {m['accuracy']:.4f} served; recorded at training {m['recorded_test_accuracy']:.4f}")
     if m["ece_before"] is not None:
-        print(f"  calibration: T = {m['temperature']:.3f}, test ECE {m['ece_before']:.4f} before -> {m['ece_after']:.4f}"
+        print(f"  calibration: T = {m['temperature']:.3f}, "
+              f"test ECE {m['ece_before']:.4f} before -> {m['ece_after']:.4f}"
               f" after   target <= 1%: {ok(m['ece_after'] <= 0.01)}")
     out = {"main": m}
     if args.fallback:

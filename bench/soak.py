@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import DATA, pct
-from tests.live_server import free_port, server_process as server
 from bench.fuzz import _picture, _save, bombs, mutate, seed_images
+from tests.live_server import free_port
+from tests.live_server import server_process as server
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 RSS_EVERY_S = 5.0

@@ -73,7 +73,8 @@ def open_image(
     except UnidentifiedImageError as e:
         if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
             raise ImageError(422, "corrupt", "the data starts like an image but its header is corrupt") from e
-        raise ImageError(415, "not_an_image", "the data is not an image format we can read (JPEG, PNG, WebP, ...)") from e
+        raise ImageError(415, "not_an_image",
+                         "the data is not an image format we can read (JPEG, PNG, WebP, ...)") from e
     except Exception as e:  # Pillow plugins raise assorted errors on malformed headers
         raise ImageError(422, "corrupt", f"the image header is corrupt: {e}") from e
     w, h = img.size

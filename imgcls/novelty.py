@@ -66,7 +66,7 @@ class NoveltyDetector:
     arrays: dict[str, np.ndarray]
 
     @classmethod
-    def load(cls, model_dir: Path, info: dict[str, Any]) -> "NoveltyDetector":
+    def load(cls, model_dir: Path, info: dict[str, Any]) -> NoveltyDetector:
         with np.load(Path(model_dir) / NOVELTY_FILE) as f:
             arrays = {k: f[k].astype(np.float64) if f[k].dtype.kind == "f" else f[k] for k in f.files}
         return cls(tuple(info["scores"]), {k: float(v) for k, v in info["scales"].items()}, float(info["threshold"]),

@@ -28,7 +28,7 @@ class Preprocess:
     std: tuple[float, float, float] = IMAGENET_STD
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(int(d["input_size"]), int(d["resize_size"]), tuple(d["mean"]), tuple(d["std"]))
 
     def to_dict(self) -> dict[str, Any]:

@@ -134,7 +134,8 @@ class Registry:
         if (path / METADATA_FILE).is_file():
             return path
         known = ", ".join(self.versions()[-5:]) or "none"
-        raise ModelError(f"unknown model {ref!r} (not a version in {self.models}, nor a version folder); recent: {known}")
+        raise ModelError(f"unknown model {ref!r} (not a version in {self.models}, nor a version folder); "
+                         f"recent: {known}")
 
     def metadata(self, ref: str = "current") -> dict[str, Any]:
         return load_metadata(self.resolve(ref))

@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> None:
         if wnid not in keep:
             keep.add(wnid)
             todo += hypernyms[wnid]
-    doc = {"source": "WordNet 3.0 noun hypernyms (Princeton University, Debian package wordnet-base) of the ImageNet-1k "
-                     "classes in class-index order (timm's imagenet_synsets.txt); made by scripts/imagenet_hierarchy.py",
+    doc = {"source": "WordNet 3.0 noun hypernyms (Princeton University, Debian package wordnet-base) of the "
+                     "ImageNet-1k classes in class-index order (timm's imagenet_synsets.txt); made by "
+                     "scripts/imagenet_hierarchy.py",
            "license": "WordNet 3.0 license. Copyright 2006 by Princeton University. All rights reserved. "
                       "https://wordnet.princeton.edu/license-and-commercial-use",
            "classes": classes,

@@ -8,7 +8,8 @@ calls also save the cost of a request in both processes per image, and BentoML's
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 class Coalescer:

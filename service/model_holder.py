@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.errors import ImgclsError
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.reference import check_reference
-from imgcls.errors import ImgclsError
 from imgcls.registry import ModelError, Registry
 from service.config import Config
 from service.metrics import MODEL_INFO, RELOAD_FAILURES

@@ -27,16 +27,16 @@ from imgcls.errors import ImgclsError
 from imgcls.feedback import FeedbackStore, RateLimiter
 from imgcls.images import finish_decode, open_image
 from imgcls.preprocess import Preprocess
+from service.answers import Prediction, StaleInput
 from service.auth import bearer_matches
 from service.config import Config
-from service.answers import Prediction, StaleInput
 from service.errors import error_response, overloaded
 from service.heatmap import overlay_png
 from service.lifecycle import exit_with_parent
 from service.logs import configure_json_logging
-from service.model_client import LocalModel, RemoteModel
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, metrics_endpoint
 from service.middleware import ApiLayers
+from service.model_client import LocalModel, RemoteModel
 
 STATIC = Path(__file__).parent / "static"
 ImageFile = Path  # any file: decode_image decides what is an image, and answers 415/422 with the reason

@@ -18,12 +18,11 @@ import numpy as np
 
 from imgcls.errors import ImgclsError
 from service.answers import to_wire
-
+from service.config import Config
 from service.inference import Inference
 from service.lifecycle import exit_with_parent, linger_after_sigterm
 from service.logs import configure_json_logging
 from service.model_client import RemoteModel
-from service.config import Config
 from service.service import SERVICE_OPTIONS, ClassifierApi, web, with_middlewares
 
 __all__ = ["ImageClassifierSplit", "ModelService"]

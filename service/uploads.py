@@ -176,7 +176,8 @@ class UploadRequests:
             raise ImgclsError(400, "no_image", f"the multipart form has no file; send the image as field "
                                             f"{route.file_field!r}")
         if len(files) > route.max_files:
-            raise ImgclsError(413, "too_many_images", f"{len(files)} images in one request; the limit is {route.max_files}")
+            raise ImgclsError(413, "too_many_images",
+                              f"{len(files)} images in one request; the limit is {route.max_files}")
         if not all(data for _, _, _, data in files):
             raise ImgclsError(400, "empty", "an uploaded file is empty; send an image")
         return files, fields, rename

@@ -10,17 +10,17 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from tests.live_server import free_port, metric, server_process
 from imgcls.promotion import promote
 from imgcls.registry import PROJECT_ROOT as ROOT
 from imgcls.registry import Registry
 from tests import synthetic
+from tests.live_server import free_port, metric, server_process
 from training.data import SHARED_DATA as DATA
 
 __all__ = ["DATA", "PY", "ROOT", "child_env", "metric", "needs_data", "photos", "run_cli", "serve"]

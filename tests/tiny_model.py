@@ -18,8 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from imgcls.preprocess import SYMMETRIC_MEAN, SYMMETRIC_STD, Preprocess
-from imgcls.reference import write_reference
 from imgcls.promotion import promote as promote_version
+from imgcls.reference import write_reference
 from imgcls.registry import HEAD_FILE, METADATA_FILE, ONNX_FILE, Registry, now_iso, sha256_file
 
 INPUT_SIZE, CHANNELS = 32, 4

@@ -123,7 +123,8 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     for v in registry.versions():
         m = registry.metadata(v)
         t = m.get("metrics", {}).get("test", {})
-        print(f"{'*' if v == current else ' '} {v:40} {m.get('backbone', '?'):20} {t.get('accuracy', float('nan')):9.4f}"
+        print(f"{'*' if v == current else ' '} {v:40} {m.get('backbone', '?'):20} "
+              f"{t.get('accuracy', float('nan')):9.4f}"
               f" {t.get('log_loss', float('nan')):9.4f}  {m.get('data', {}).get('manifest_sha256', '')[:12]}")
     return 0
 

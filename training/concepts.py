@@ -58,7 +58,7 @@ class Hierarchy:
 
     @classmethod
     @lru_cache(maxsize=1)
-    def load(cls, path: Path = HIERARCHY_FILE) -> "Hierarchy":
+    def load(cls, path: Path = HIERARCHY_FILE) -> Hierarchy:
         return cls(json.loads(Path(path).read_text()))
 
     def most_specific(self, top1: np.ndarray, share: float) -> tuple[str, float]:

@@ -6,9 +6,9 @@ Frozen parts stay in eval mode, so their batch-norm statistics are never updated
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ class TransferModel(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(trainable)
 
-    def train(self, mode: bool = True) -> "TransferModel":
+    def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         if not self.trainable_body:  # pretrained parts keep their batch-norm statistics
             self.body.eval()

@@ -262,8 +262,8 @@ def calibrate_and_fit(model: TransferModel, train: list[Features], val: Features
                       cfg: OpenSetConfig) -> tuple[NoveltyDetector, dict[str, Any]]:
     """After the head is trained: fold the validation-fitted temperature into it, fit the open-set detector.
 
-    ``train`` holds the extractor's features of every training view (view 0 first), ``val`` its view-0 features. Returns the detector and the ``calibration`` and
-    ``novelty`` blocks of the version's metadata."""
+    ``train`` holds the extractor's features of every training view (view 0 first), ``val`` its view-0 features.
+    Returns the detector and the ``calibration`` and ``novelty`` blocks of the version's metadata."""
     val_logits = head_logits(model, val)
     temperature = fit_temperature(val_logits, val.y)
     apply_temperature(model, temperature)

@@ -14,16 +14,17 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from imgcls.feedback import CONFLICTS_FILE, conflicted_hashes, pixel_sha256
 from imgcls.images import ImageError, decode_image
 from imgcls.promotion import promote
 from imgcls.registry import Registry, default_feedback_dir, load_metadata, now_iso, sha256_file, write_atomic
-from training.data import Dataset, DataError, Sample, create_dataset
+from training.data import DataError, Dataset, Sample, create_dataset
 from training.evaluate import evaluate_onnx, evaluate_shifted
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def feedback_samples(folder: Path, classes: list[str]) -> list[Sample]:
             if p.is_file() and not p.name.startswith(".") and p.stem not in conflicted]
 
 
-def base_config(meta: dict, *, epochs: int | None = None, aug_views: int | None = None) -> "TrainConfig":
+def base_config(meta: dict, *, epochs: int | None = None, aug_views: int | None = None) -> TrainConfig:
     """The base model's training settings (backbone, weights, augmentation, fit), with optional overrides."""
     from training.fit import FitConfig
     from training.train import TrainConfig
@@ -236,7 +237,8 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
     ``shifted`` (labelled photos of the classes from other sources), one that answers "neither" for more of them
     than the base by more than ``max_neither_rise``. Returns the report (also written to disk).
     """
-    from training.train import limit_per_class as limit, train
+    from training.train import limit_per_class as limit
+    from training.train import train
 
     if not math.isfinite(min_gain):
         raise ValueError(f"--min-gain must be a finite number, not {min_gain}")
@@ -398,7 +400,8 @@ def markdown(report: dict) -> str:
                      f"| {_fmt(n['counts']['val'])} | {n['dropped']['in_eval_split']} / {n['dropped']['duplicate']} |")
     f = data["feedback"]
     conflicted = f" ({f['conflicted']} with conflicting labels left out)" if f.get("conflicted") else ""
-    lines.append(f"| feedback `{f['dir']}`{conflicted} | {f['used']} of {f['found']} | {_fmt(f['counts']['train'])} | - "
+    lines.append(f"| feedback `{f['dir']}`{conflicted} | {f['used']} of {f['found']} | "
+                 f"{_fmt(f['counts']['train'])} | - "
                  f"| {f['dropped']['in_eval_split']} / {f['dropped']['duplicate']} |")
     lines += ["", "## Candidate training settings", "",
               f"From the base model unless overridden ({tr['overridden'] or 'none'}): backbone `{tr['backbone']}`, "

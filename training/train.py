@@ -14,16 +14,16 @@ import torch
 from imgcls.reference import write_reference
 from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
 from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
+from training.concepts import concept_mask
 from training.data import Dataset, Sample
 from training.evaluate import evaluate_onnx, evaluate_shifted
 from training.export import export_onnx, head_weights, parity_batch
 from training.features import FeatureExtractor
 from training.fit import FitConfig, fit
 from training.models import create_model
-from training.variants import build_variants
-from training.concepts import concept_mask
 from training.openset import OpenSetConfig, calibrate_and_fit, class_concepts, embeddings, save_detector
 from training.report import write_report
+from training.variants import build_variants
 
 log = logging.getLogger(__name__)
 

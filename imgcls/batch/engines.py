@@ -1,6 +1,7 @@
 """Where the batch job runs: in this process (threads decode ahead of ONNX Runtime) or on a Ray Data actor pool."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

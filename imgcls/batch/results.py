@@ -64,7 +64,7 @@ class ResultsFile:
         self.versions: set[str] = set()  # model versions of the rows in the file
         self._f: IO[bytes] | None = None
 
-    def __enter__(self) -> "ResultsFile":
+    def __enter__(self) -> ResultsFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         f = open(self.path, "a+b")
         try:

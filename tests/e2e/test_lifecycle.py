@@ -15,9 +15,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.live_server import free_port
 from imgcls.registry import Registry
 from tests.conftest import PY, ROOT, child_env
+from tests.live_server import free_port
 from tests.tiny_model import add_tiny_version
 
 

@@ -12,15 +12,14 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.live_server import free_port
 from imgcls.registry import Registry
 from tests.conftest import ROOT, serve
+from tests.live_server import free_port
 from tests.tiny_model import add_tiny_version
 
 HEADER_TIMEOUT_S = 10  # client_header_timeout in deploy/nginx.conf
@@ -86,7 +85,7 @@ def seconds_until_cut(url: str, limit_s: float) -> float | None:
             try:
                 if s.recv(4096) == b"":
                     return time.monotonic() - start
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except OSError:
                 return time.monotonic() - start
@@ -100,7 +99,8 @@ def seconds_until_cut(url: str, limit_s: float) -> float | None:
 def test_the_proxy_cuts_a_client_that_sends_its_headers_a_byte_a_second(proxied) -> None:
     proxy, direct = proxied
     results: dict[str, float | None] = {}
-    threads = [threading.Thread(target=lambda k=k, u=u: results.__setitem__(k, seconds_until_cut(u, HEADER_TIMEOUT_S + 5)))
+    threads = [threading.Thread(target=lambda k=k, u=u: results.__setitem__(k, seconds_until_cut(
+                   u, HEADER_TIMEOUT_S + 5)))
                for k, u in (("proxy", proxy), ("direct", direct))]
     for t in threads:
         t.start()

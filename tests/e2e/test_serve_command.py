@@ -6,10 +6,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.live_server import free_port, metric, server_process
 from imgcls.registry import Registry
 from tests import synthetic
 from tests.conftest import PY, child_env
+from tests.live_server import free_port, metric, server_process
 
 
 def test_imgcls_serve_passes_host_and_port_to_bentoml(tiny_registry: Path, tmp_path: Path) -> None:

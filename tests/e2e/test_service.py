@@ -17,9 +17,10 @@ import yaml
 from PIL import Image
 
 from imgcls.registry import Registry
-from tests.live_server import free_port, server_process as start_server
 from service.config import Config
 from tests.conftest import PY, ROOT, child_env, metric, needs_data, photos, run_cli, serve
+from tests.live_server import free_port
+from tests.live_server import server_process as start_server
 
 pytestmark = needs_data
 TOKEN = "test-admin-token"

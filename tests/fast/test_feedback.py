@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.images import ImageError, decode_image
-from service.auth import bearer_matches, parse_bearer
 from imgcls.errors import ImgclsError
 from imgcls.feedback import CONFLICTS_FILE, FeedbackStore, RateLimiter, pixel_sha256
+from imgcls.images import ImageError, decode_image
+from service.auth import bearer_matches, parse_bearer
 from training.data import Dataset
 from training.retrain import assemble, feedback_samples
 

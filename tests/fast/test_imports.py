@@ -97,6 +97,7 @@ def test_the_checks_see_a_lazy_circle_and_a_program_import(tmp_path: Path) -> No
     (tmp_path / "imgcls").mkdir()
     (tmp_path / "imgcls" / "__init__.py").write_text("")
     (tmp_path / "imgcls" / "a.py").write_text("from imgcls.b import x\n")
-    (tmp_path / "imgcls" / "b.py").write_text("def f():\n    from . import a\n\nimport argparse\nimport training.train\n")
+    (tmp_path / "imgcls" / "b.py").write_text("def f():\n    from . import a\n\n"
+                                              "import argparse\nimport training.train\n")
     assert cycles(graph(tmp_path)) == [["imgcls.a", "imgcls.b", "imgcls.a"]]
     assert layer_violations(tmp_path) == ["imgcls.b imports argparse", "imgcls.b imports training.train"]

@@ -12,8 +12,18 @@ import torch
 
 from imgcls.novelty import NoveltyDetector
 from tests.conftest import ROOT
-from training.openset import (OpenSetConfig, apply_temperature, choose_scores, expected_calibration_error,
-                              fit_detector, fit_temperature, open_set_metrics, save_detector, softmax, uncalibrated)
+from training.openset import (
+    OpenSetConfig,
+    apply_temperature,
+    choose_scores,
+    expected_calibration_error,
+    fit_detector,
+    fit_temperature,
+    open_set_metrics,
+    save_detector,
+    softmax,
+    uncalibrated,
+)
 
 
 def clusters(rng: np.random.Generator, n: int, dim: int = 32, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ def noisy_image(w: int, h: int, seed: int = 0) -> Image.Image:
 
 @pytest.mark.parametrize("pre", [Preprocess(224, 256, IMAGENET_MEAN, IMAGENET_STD),
                                  Preprocess(224, 256, SYMMETRIC_MEAN, SYMMETRIC_STD),
-                                 Preprocess(32, 36, IMAGENET_MEAN, IMAGENET_STD)], ids=["imagenet", "symmetric", "tiny"])
+                                 Preprocess(32, 36, IMAGENET_MEAN, IMAGENET_STD)],
+                         ids=["imagenet", "symmetric", "tiny"])
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (300, 301), (301, 300), (599, 400), (257, 1000),
                                   (224, 224), (100, 80), (37, 36)])
 def test_preprocess_equals_torchvision_resize_center_crop_normalize(pre: Preprocess, size: tuple[int, int]) -> None:

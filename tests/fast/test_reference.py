@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from imgcls.onnx_model import OnnxClassifier
-from imgcls.reference import REFERENCE_FILE, check_reference
 from imgcls.promotion import promote
+from imgcls.reference import REFERENCE_FILE, check_reference
 from imgcls.registry import METADATA_FILE, ONNX_FILE, ModelError, Registry, sha256_file
 from tests.tiny_model import add_tiny_version, make_nan_version, tiny_onnx
 

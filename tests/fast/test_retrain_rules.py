@@ -37,7 +37,8 @@ def test_feedback_files_become_samples_and_unknown_labels_are_refused(tmp_path: 
         for name in names:
             (tmp_path / label / name).write_bytes(b"x")
     samples = feedback_samples(tmp_path, ["cat", "dog"])
-    assert samples == [(tmp_path / "cat" / "a.img", 0), (tmp_path / "cat" / "c.img", 0), (tmp_path / "dog" / "b.img", 1)]
+    assert samples == [(tmp_path / "cat" / "a.img", 0), (tmp_path / "cat" / "c.img", 0),
+                       (tmp_path / "dog" / "b.img", 1)]
     assert feedback_samples(tmp_path / "absent", ["cat"]) == []
     with pytest.raises(DataError, match="labels \\['dog'\\]"):
         feedback_samples(tmp_path, ["cat"])

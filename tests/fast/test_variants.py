@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.onnx_model import (DeviceError, OnnxClassifier, available_variants, choose_providers, choose_variant,
-                               cpu_has_int8_dot)
+from imgcls.onnx_model import (
+    DeviceError,
+    OnnxClassifier,
+    available_variants,
+    choose_providers,
+    choose_variant,
+    cpu_has_int8_dot,
+)
 from imgcls.preprocess import Preprocess
 from imgcls.registry import ModelError, Registry, sha256_file
 from tests.conftest import PY, ROOT, child_env
