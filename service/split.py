@@ -18,12 +18,13 @@ import numpy as np
 
 from imgcls.errors import ImgclsError
 from service.answers import to_wire
+from service.api import ClassifierApi, web
 from service.config import Config
 from service.inference import Inference
 from service.lifecycle import exit_with_parent, linger_after_sigterm
 from service.logs import configure_json_logging
 from service.model_client import RemoteModel
-from service.service import SERVICE_OPTIONS, ClassifierApi, web, with_middlewares
+from service.service import SERVICE_OPTIONS, with_middlewares
 
 __all__ = ["ImageClassifierSplit", "ModelService"]
 # BentoML fixes a batchable endpoint's batch size and latency when the class is decorated, so these two settings

@@ -361,3 +361,12 @@ def test_a_client_looping_refused_uploads_is_answered_ever_more_slowly_and_other
     looping, good, other = asyncio.run(main())
     assert looping >= (6 - 2) / 20 * 0.95  # 4 beyond the burst, 50 ms apart
     assert good < 0.15 and other < 0.15
+
+
+def test_the_docs_page_describes_this_service(api) -> None:
+    """The OpenAPI description the docs page at / shows is the service's own, not BentoML's generic text with
+    badge images (which load from the internet)."""
+    info = api.get("/docs.json").json()["info"]
+    assert info["description"].startswith("# Image classifier") and "/classify_batch" in info["description"]
+    assert "created with BentoML" not in info["description"] and "img.shields.io" not in info["description"]
+    assert api.get("/").status_code == 200
