@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["class_activation_map"]
+
 
 def class_activation_map(class_weights: np.ndarray, fmap: np.ndarray) -> np.ndarray:
     """The CAM of one class for one image: ``class_weights`` (K,) of a linear head over the average-pooled

@@ -32,6 +32,9 @@ from imgcls.errors import ImgclsError
 from imgcls.images import DEFAULT_MAX_PIXELS_FULL, decode_image
 from imgcls.registry import now_iso
 
+__all__ = ["CONFLICTS_FILE", "JPEG_QUALITY", "STORED_MAX_SIDE", "FeedbackStore", "RateLimiter", "Stored",
+           "conflicted_hashes", "pixel_sha256"]
+
 CONFLICTS_FILE = "conflicts.jsonl"
 STORED_MAX_SIDE = 2048  # far above any model's input; bounds each stored file (~1-2 MB) and retraining's decode
 JPEG_QUALITY = 95

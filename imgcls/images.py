@@ -25,6 +25,9 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from imgcls.errors import ImgclsError
 
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MAX_PIXELS_FULL", "IMAGE_SUFFIXES", "ImageError", "decode_image",
+           "finish_decode", "open_image", "to_rgb"]
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 50_000_000  # JPEG: ``draft`` decodes at 1/2..1/8 scale, so this costs at most ~1/4 of it

@@ -15,6 +15,8 @@ import numpy as np
 from imgcls.images import ImageError, decode_image
 from imgcls.preprocess import Preprocess
 
+__all__ = ["Failure", "load_into", "preprocessed_batches"]
+
 
 @dataclass(frozen=True)
 class Failure:

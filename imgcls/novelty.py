@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["NOVELTY_FILE", "SCORES", "NoveltyDetector", "density_score", "embed", "imagenet_score", "is_known",
+           "l2_normalize"]
+
 NOVELTY_FILE = "novelty.npz"
 SCORES = ("density", "imagenet")
 

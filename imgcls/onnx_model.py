@@ -18,6 +18,9 @@ from imgcls.novelty import NoveltyDetector, embed, is_known
 from imgcls.preprocess import Preprocess
 from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, verify
 
+__all__ = ["INT8_CPU_FLAGS", "VARIANTS", "Classified", "DeviceError", "OnnxClassifier", "available_variants",
+           "choose_providers", "choose_variant", "cpu_has_int8_dot", "gpu_visible", "providers_for", "session_options"]
+
 log = logging.getLogger(__name__)
 VARIANTS = tuple(VARIANT_FILES)  # fp32, int8, fp16
 # /proc/cpuinfo flags of the instructions that make int8 convolutions faster than fp32 ones.

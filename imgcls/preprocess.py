@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SYMMETRIC_MEAN", "SYMMETRIC_STD", "Preprocess"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite (TF checkpoints) expects pixels scaled to [-1, 1]: (x/255 - 0.5) / 0.5.

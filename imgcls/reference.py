@@ -15,6 +15,8 @@ import numpy as np
 from imgcls.onnx_model import OnnxClassifier, available_variants
 from imgcls.registry import ModelError, verify
 
+__all__ = ["ATOL", "REFERENCE_FILE", "REFERENCE_IMAGES", "check_probabilities", "check_reference", "write_reference"]
+
 REFERENCE_FILE = "reference.npz"
 REFERENCE_IMAGES = 4  # enough to catch damaged weights; small enough to keep in every version (~0.6 MB)
 ATOL = 1e-3  # on probabilities: far above CPU/GPU float32 noise (1e-6), far below any real change of weights

@@ -23,6 +23,10 @@ from typing import Any
 
 from imgcls.errors import ImgclsError
 
+__all__ = ["DEFAULT_ROOT", "HEAD_FILE", "METADATA_FILE", "ONNX_FILE", "PROJECT_ROOT", "VARIANT_FILES", "ModelError",
+           "Registry", "default_feedback_dir", "load_metadata", "new_version", "now_iso", "public_metadata",
+           "sha256_file", "verify", "write_atomic"]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ONNX_FILE, HEAD_FILE, METADATA_FILE = "model.onnx", "head.npz", "metadata.json"
 # The same network at other precisions; a version holds a variant only when it passed the accuracy rule.

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hmac
 import re
 
+__all__ = ["bearer_matches", "parse_bearer"]
+
 # RFC 6750: the scheme (case-insensitive), one space, a token68. Nothing before, between or after.
 _BEARER = re.compile(r"[Bb][Ee][Aa][Rr][Ee][Rr] ([A-Za-z0-9\-._~+/]+=*)")
 

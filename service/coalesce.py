@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+__all__ = ["Coalescer"]
+
 
 class Coalescer:
     """``await submit(item)`` -> its answer from ``send(items)``, with at most ``max_in_flight`` calls at a time."""

@@ -9,6 +9,8 @@ from starlette.responses import JSONResponse
 
 from imgcls.errors import ImgclsError
 
+__all__ = ["JsonErrors", "error_response", "overloaded"]
+
 
 def error_response(e: ImgclsError) -> JSONResponse:
     """The one translation of the project's error type into an HTTP answer."""

@@ -6,6 +6,8 @@ import io
 import numpy as np
 from PIL import Image
 
+__all__ = ["jet", "overlay_png"]
+
 
 def jet(values: np.ndarray) -> np.ndarray:
     """The 'jet' colormap for values in [0, 1], as uint8 RGB."""

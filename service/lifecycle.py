@@ -8,6 +8,8 @@ import signal
 import threading
 import time
 
+__all__ = ["exit_with_parent", "linger_after_sigterm"]
+
 log = logging.getLogger("imgcls.lifecycle")
 
 

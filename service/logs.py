@@ -13,6 +13,8 @@ import uuid
 
 from pythonjsonlogger.json import JsonFormatter
 
+__all__ = ["REQUEST_ID", "RequestIdAndAccessLog", "access_log", "configure_json_logging"]
+
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("imgcls.access")

@@ -21,6 +21,10 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 
+__all__ = ["BATCH_SIZE", "DECODE_SECONDS", "HELD", "INFERENCE_SECONDS", "MODEL_ERRORS", "MODEL_INFO", "PREDICTIONS",
+           "REJECTED", "RELOAD_FAILURES", "REQUESTS", "REQUEST_SECONDS", "UNKNOWN", "HttpMetrics", "metrics_endpoint",
+           "render"]
+
 PREDICTIONS = Counter("imgcls_predictions_total", "Images classified, by predicted label", ["label"])
 UNKNOWN = Counter("imgcls_unknown_total", "Answers flagged as neither of the model's classes (known=false)")
 REJECTED = Counter("imgcls_rejected_inputs_total", "Rejected inputs, by reason", ["reason"])

@@ -22,6 +22,8 @@ from imgcls.registry import ModelError, Registry
 from service.config import Config
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
 
+__all__ = ["ModelHolder"]
+
 log = logging.getLogger("imgcls.model")
 
 

@@ -15,6 +15,8 @@ import anyio
 from imgcls.feedback import RateLimiter
 from service.metrics import HELD
 
+__all__ = ["MAX_DELAY_S", "RefusalThrottle"]
+
 MAX_DELAY_S = 10.0  # a refusal is never held longer
 
 

@@ -25,6 +25,8 @@ from imgcls.images import open_image
 from service.errors import error_response
 from service.metrics import REJECTED
 
+__all__ = ["UploadRequests", "UploadRoute", "encode_multipart"]
+
 
 @dataclass(frozen=True)
 class UploadRoute:
