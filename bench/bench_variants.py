@@ -49,10 +49,11 @@ def first_train(data: Path, artifacts: Path) -> dict:
 
 def measure(args: argparse.Namespace) -> dict:
     model_dir = Registry(args.artifacts).resolve(args.model)
-    meta = Registry(args.artifacts).metadata(args.model)
-    variants = [v for v in available_variants(model_dir, meta) if v in args.variants]
+    card = Registry(args.artifacts).card(args.model)
+    meta = card.to_dict()
+    variants = [v for v in available_variants(model_dir, card) if v in args.variants]
     if "fp32" not in variants or len(variants) < 2:
-        raise SystemExit(f"model {meta['version']} holds {available_variants(model_dir, meta)}: nothing to compare "
+        raise SystemExit(f"model {card.version} holds {available_variants(model_dir, card)}: nothing to compare "
                          "(train a new version: variants are built at train time)")
     models = {v: OnnxClassifier(model_dir, device="cpu", threads=args.threads, variant=v) for v in variants}
     paths = find_inputs(str(args.data))

@@ -9,11 +9,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgcls.cam import class_activation_map
+from imgcls.metadata import ModelCard
 from imgcls.novelty import NoveltyDetector, embed, is_known
 from imgcls.preprocess import Preprocess
 from imgcls.registry import HEAD_FILE, VARIANT_FILES, ModelError, verify
@@ -101,10 +101,10 @@ def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return bool(INT8_CPU_FLAGS.intersection(flags))
 
 
-def available_variants(model_dir: Path, metadata: dict[str, Any]) -> list[str]:
+def available_variants(model_dir: Path, card: ModelCard) -> list[str]:
     """The variants ``model_dir`` holds: fp32 always; others when their file exists and, for a registered version,
     its sha256 is recorded (so an unchecked file is never loaded)."""
-    files = metadata.get("files")
+    files = card.files
     return [v for v, name in VARIANT_FILES.items()
             if v == "fp32" or ((model_dir / name).is_file() and (files is None or name in files))]
 
@@ -136,23 +136,25 @@ class OnnxClassifier:
     """Loads ``model_dir`` (verifying its sha256s) and classifies preprocessed NCHW float32 batches."""
 
     def __init__(self, model_dir: Path | str, *, device: str = "auto", threads: int | None = None,
-                 metadata: dict[str, Any] | None = None, variant: str = "auto",
+                 card: ModelCard | None = None, variant: str = "auto",
                  tensorrt_cache: Path | None = None) -> None:
-        """``metadata`` is for a version still being built (not yet checksummed); otherwise it is verified.
+        """``card`` is for a version still being built (not yet checksummed); otherwise it is read and verified.
         ``variant``: auto, fp32, int8 or fp16 (see :func:`choose_variant`); ``.variant`` says which one runs.
         ``tensorrt_cache``: a folder asks for TensorRT on CUDA, its engines cached there (created if missing)."""
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
-        self.metadata: dict[str, Any] = metadata if metadata is not None else verify(self.model_dir)
-        self.version: str = self.metadata["version"]
-        self.labels: list[str] = list(self.metadata["labels"])
-        self.preprocess = Preprocess.from_dict(self.metadata["preprocessing"])
+        self.card: ModelCard = card if card is not None else verify(self.model_dir)
+        self.version: str = self.card.version
+        self.labels: list[str] = list(self.card.labels)
+        if self.card.preprocessing is None:
+            raise ModelError(f"model {self.version} records no preprocessing")
+        self.preprocess: Preprocess = self.card.preprocessing
         opts = session_options(threads)
         if tensorrt_cache is not None:
             tensorrt_cache.mkdir(parents=True, exist_ok=True)
         providers = providers_for(device, tensorrt_cache)
-        available = available_variants(self.model_dir, self.metadata)
+        available = available_variants(self.model_dir, self.card)
         wants_cuda = "CUDAExecutionProvider" in providers
         self.variant: str = choose_variant(variant, available, wants_cuda, cpu_has_int8_dot())
         self.session = ort.InferenceSession(str(self.model_dir / VARIANT_FILES[self.variant]), sess_options=opts,
@@ -176,7 +178,7 @@ class OnnxClassifier:
         self.has_features = "features" in outputs
         head = self.model_dir / HEAD_FILE
         self.head = dict(np.load(head)) if head.is_file() else None
-        novelty = self.metadata.get("novelty")
+        novelty = self.card.novelty
         self.detector = NoveltyDetector.load(self.model_dir, novelty) if novelty and self.has_features else None
 
     @property

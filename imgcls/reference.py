@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.metadata import ModelCard
 from imgcls.onnx_model import OnnxClassifier, available_variants
 from imgcls.registry import ModelError, verify
 
@@ -22,7 +23,7 @@ REFERENCE_IMAGES = 4  # enough to catch damaged weights; small enough to keep in
 ATOL = 1e-3  # on probabilities: far above CPU/GPU float32 noise (1e-6), far below any real change of weights
 
 
-def write_reference(model_dir: Path, inputs: np.ndarray, metadata: dict[str, Any]) -> dict[str, Any]:
+def write_reference(model_dir: Path, inputs: np.ndarray, card: ModelCard) -> dict[str, Any]:
     """Run the model in ``model_dir`` (not yet in the registry), each of its variants, on the first
     :data:`REFERENCE_IMAGES` of ``inputs`` and save them with the probabilities as ``reference.npz``
     (``probabilities`` for fp32, ``probabilities_<variant>`` for the others). Returns a summary for the metadata.
@@ -31,8 +32,8 @@ def write_reference(model_dir: Path, inputs: np.ndarray, metadata: dict[str, Any
     inputs, so a later check compares like with like."""
     x = np.ascontiguousarray(inputs[:REFERENCE_IMAGES]).astype(np.float16)
     arrays: dict[str, np.ndarray] = {"inputs": x}
-    for variant in available_variants(model_dir, metadata):
-        model = OnnxClassifier(model_dir, device="cpu", metadata=metadata, variant=variant)
+    for variant in available_variants(model_dir, card):
+        model = OnnxClassifier(model_dir, device="cpu", card=card, variant=variant)
         probs = model.predict(x.astype(np.float32))
         check_probabilities(probs, len(x), len(model.labels), model.version)
         arrays[_key(variant)] = probs.astype(np.float32)
@@ -56,8 +57,8 @@ def check_reference(model: OnnxClassifier | Path | str, *, atol: float | None = 
     if not isinstance(model, OnnxClassifier):
         folder = Path(model)
         try:
-            meta = verify(folder)
-            models = [OnnxClassifier(folder, device="cpu", variant=v) for v in available_variants(folder, meta)]
+            card = verify(folder)
+            models = [OnnxClassifier(folder, device="cpu", variant=v) for v in available_variants(folder, card)]
         except ModelError:
             raise
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for an unloadable file

@@ -21,24 +21,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from imgcls.errors import ImgclsError
+from imgcls.errors import ModelError
+from imgcls.metadata import METADATA_FILE, ModelCard
 
-__all__ = ["DEFAULT_ROOT", "HEAD_FILE", "METADATA_FILE", "ONNX_FILE", "PROJECT_ROOT", "VARIANT_FILES", "ModelError",
-           "Registry", "default_feedback_dir", "load_metadata", "new_version", "now_iso", "public_metadata",
-           "sha256_file", "verify", "write_atomic"]
+__all__ = ["DEFAULT_ROOT", "HEAD_FILE", "ONNX_FILE", "PROJECT_ROOT", "VARIANT_FILES", "ModelError", "Registry",
+           "default_feedback_dir", "new_version", "now_iso", "sha256_file", "verify", "write_atomic"]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ONNX_FILE, HEAD_FILE, METADATA_FILE = "model.onnx", "head.npz", "metadata.json"
+ONNX_FILE, HEAD_FILE = "model.onnx", "head.npz"
 # The same network at other precisions; a version holds a variant only when it passed the accuracy rule.
 VARIANT_FILES = {"fp32": ONNX_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-
-
-class ModelError(ImgclsError, RuntimeError):
-    """A model version that is missing, unknown, fails its checksums or fails at inference (503 by default)."""
-
-    def __init__(self, message: str, status: int = 503, reason: str = "model_error",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(status, reason, message, headers)
 
 
 DEFAULT_ROOT = PROJECT_ROOT / "artifacts"  # the programs' default (their ARTIFACTS_DIR setting overrides it)
@@ -48,16 +40,6 @@ def default_feedback_dir(root: Path | str) -> Path:
     """Where the service stores POST /feedback images and retraining reads them, unless told otherwise
     (FEEDBACK_DIR): ``<root>/feedback`` for the registry folder ``root``."""
     return Path(root) / "feedback"
-
-
-def public_metadata(meta: dict[str, Any]) -> dict[str, Any]:
-    """A version's metadata without the bulky parts (per-epoch history, misclassified files), as ``GET /model``
-    and ``show`` print it. ``meta`` is not changed."""
-    out = {k: v for k, v in meta.items() if k != "history"}
-    if isinstance(meta.get("metrics"), dict):
-        out["metrics"] = {split: {k: v for k, v in m.items() if k != "misclassified"} if isinstance(m, dict) else m
-                          for split, m in meta["metrics"].items()}
-    return out
 
 
 def sha256_file(path: Path) -> str:
@@ -82,26 +64,19 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def load_metadata(model_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((model_dir / METADATA_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{model_dir}: no readable {METADATA_FILE}: {e}") from e
-
-
-def verify(model_dir: Path) -> dict[str, Any]:
-    """Check the version's files against the sha256s in its metadata; return the metadata."""
-    meta = load_metadata(model_dir)
-    for name, expected in meta.get("files", {}).items():
+def verify(model_dir: Path) -> ModelCard:
+    """Check the version's files against the sha256s in its metadata; return its card."""
+    card = ModelCard.load(model_dir)
+    for name, expected in (card.files or {}).items():
         path = model_dir / name
         if not path.is_file():
             raise ModelError(f"{model_dir}: {name} is missing")
         actual = sha256_file(path)
         if actual != expected:
             raise ModelError(f"{model_dir}: {name} sha256 {actual[:12]}... does not match metadata {expected[:12]}...")
-    if ONNX_FILE not in meta.get("files", {}):
+    if ONNX_FILE not in (card.files or {}):
         raise ModelError(f"{model_dir}: metadata records no sha256 for {ONNX_FILE}")
-    return meta
+    return card
 
 
 class Registry:
@@ -141,14 +116,19 @@ class Registry:
         raise ModelError(f"unknown model {ref!r} (not a version in {self.models}, nor a version folder); "
                          f"recent: {known}")
 
-    def metadata(self, ref: str = "current") -> dict[str, Any]:
-        return load_metadata(self.resolve(ref))
+    def card(self, ref: str = "current") -> ModelCard:
+        """The description of version ``ref`` (not verified against its files: :func:`verify` does that)."""
+        return ModelCard.load(self.resolve(ref))
 
-    def add(self, staging: Path, meta: dict[str, Any]) -> str:
-        """Record checksums in ``meta``, write it into ``staging`` and move the folder in as a new version."""
-        version = meta["version"]
-        meta["files"] = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    def metadata(self, ref: str = "current") -> dict[str, Any]:
+        """The same as a plain document (``metadata.json``), for reports and tools."""
+        return self.card(ref).to_dict()
+
+    def add(self, staging: Path, card: ModelCard) -> str:
+        """Record checksums in ``card``, write it into ``staging`` and move the folder in as a new version."""
+        version = card.version
+        card.files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
+        card.save(staging)
         for p in staging.rglob("*"):  # versions are immutable: read-only files
             if p.is_file():
                 p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

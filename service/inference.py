@@ -17,7 +17,7 @@ from imgcls.errors import ImgclsError
 from imgcls.novelty import embed, is_known
 from imgcls.onnx_model import OnnxClassifier, providers_for
 from imgcls.reference import check_probabilities
-from imgcls.registry import ModelError, public_metadata
+from imgcls.registry import ModelError
 from service.answers import Explanation, Prediction, StaleInput
 from service.config import Config
 from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_ERRORS
@@ -29,7 +29,7 @@ log = logging.getLogger("imgcls.inference")
 
 def _prediction(model: OnnxClassifier, probs: np.ndarray, novelty: float | None = None,
                 known: bool | None = None) -> Prediction:
-    return Prediction(version=model.version, name=model.metadata["backbone"], variant=model.variant,
+    return Prediction(version=model.version, name=model.card.backbone, variant=model.variant,
                       labels=model.labels, probs=probs, novelty=novelty, known=known)
 
 
@@ -89,7 +89,7 @@ class Inference:
         raises :class:`ImgclsError` (:class:`StaleInput` for a crop of another size)."""
         model = self.holder.model
         if model.head is None or not model.has_features:
-            raise ImgclsError(409, "no_cam", f"model {model.version} ({model.metadata['backbone']}) has no linear "
+            raise ImgclsError(409, "no_cam", f"model {model.version} ({model.card.backbone}) has no linear "
                                              "head over a feature map, so it has no class activation map")
         if label is not None and label not in model.labels:
             raise ImgclsError(422, "unknown_label", f"label {label!r} is not one of {model.labels}")
@@ -107,7 +107,7 @@ class Inference:
     def describe(self) -> dict[str, Any]:
         """The served version's metadata (trimmed) and the runtime it really uses."""
         model = self.holder.model
-        meta = public_metadata(model.metadata)
+        meta = model.card.public()
         meta["runtime"] = {"providers": model.providers, "device": model.device,
                            "variant": model.variant, "config": self.config.public()}
         return meta

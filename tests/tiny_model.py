@@ -17,10 +17,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from imgcls.metadata import METADATA_FILE, ModelCard
 from imgcls.preprocess import SYMMETRIC_MEAN, SYMMETRIC_STD, Preprocess
 from imgcls.promotion import promote as promote_version
 from imgcls.reference import write_reference
-from imgcls.registry import HEAD_FILE, METADATA_FILE, ONNX_FILE, Registry, now_iso, sha256_file
+from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, now_iso, sha256_file
 
 INPUT_SIZE, CHANNELS = 32, 4
 
@@ -64,8 +65,8 @@ def add_tiny_version(registry: Registry, version: str | None = None, labels: tup
     meta = {"version": version, "created_at": now_iso(), "labels": list(labels),
             "preprocessing": pre.to_dict(), "backbone": "tiny", "metrics": {}}
     inputs = np.random.default_rng(seed).uniform(-1, 1, (4, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
-    meta["reference"] = write_reference(staging, inputs, meta)
-    registry.add(staging, meta)
+    meta["reference"] = write_reference(staging, inputs, ModelCard.from_dict(meta))
+    registry.add(staging, ModelCard.from_dict(meta))
     if promote:
         promote_version(registry, version, reason="test")
     return version

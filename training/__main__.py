@@ -12,7 +12,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from imgcls.onnx_model import DeviceError
 from imgcls.promotion import promote
-from imgcls.registry import DEFAULT_ROOT, ModelError, Registry, public_metadata
+from imgcls.registry import DEFAULT_ROOT, ModelError, Registry
 from training.data import DataError, create_dataset, default_data_dir
 from training.export import ExportError
 from training.models import BACKBONES, WeightsError
@@ -130,9 +130,10 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_show(args: argparse.Namespace, registry: Registry) -> int:
-    meta = registry.metadata(args.model)
+    card = registry.card(args.model)
+    meta = card.to_dict()
     if not args.full:
-        meta = public_metadata(meta)
+        meta = card.public()
         for split in meta.get("metrics", {}).values():
             if isinstance(split, dict):
                 for key in ("reliability", "reliability_uncalibrated"):

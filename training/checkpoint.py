@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.registry import load_metadata
+from imgcls.metadata import ModelCard
 from training.data import create_dataset, default_data_dir
 from training.export import export_onnx, parity_batch
 from training.models import TransferModel, create_model
@@ -25,7 +25,7 @@ def save_checkpoint(model: TransferModel, path: Path, pretrained: bool) -> None:
 
 def load_model(model_dir: Path) -> TransferModel:
     """Rebuild a version's torch model from its metadata and checkpoint."""
-    meta = load_metadata(model_dir)
+    meta = ModelCard.load(model_dir).to_dict()  # the training settings are the trainer's own record (card.extra)
     t = meta["training"]
     model = create_model(meta["backbone"], len(meta["labels"]), weights=Path(t["weights"]) if t["weights"] else None,
                          random_init=not meta["pretrained"], dropout=t["dropout"],
@@ -47,4 +47,4 @@ def export_version(model_dir: Path, output: Path, data: str | None = None) -> di
     check = parity_batch([p for p, _ in ds.splits["val"][:16]], model.preprocess)
     output.parent.mkdir(parents=True, exist_ok=True)
     info = export_onnx(model, output, check)
-    return {"model": load_metadata(model_dir)["version"], "output": str(output), **info}
+    return {"model": ModelCard.load(model_dir).version, "output": str(output), **info}

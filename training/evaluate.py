@@ -91,10 +91,12 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
     ``samples``, the expected calibration error, and (for a version with an open-set detector) the share of
     ``samples`` flagged as unknown; with ``ood`` (a folder of photos of other things) also AUROC, FPR at 95% TPR and
     the share flagged."""
+    from imgcls.metadata import ModelCard
     from imgcls.onnx_model import OnnxClassifier
     from training.openset import expected_calibration_error, open_set_metrics, reliability, uncalibrated
 
-    model = OnnxClassifier(model_dir, device=device, metadata=meta, variant=variant)
+    model = OnnxClassifier(model_dir, device=device, card=None if meta is None else ModelCard.from_dict(meta),
+                           variant=variant)
     if model.labels != classes:
         mapping = {c: i for i, c in enumerate(model.labels)}
         missing = [c for c in classes if c not in mapping]
@@ -112,7 +114,7 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
     result["model"], result["variant"] = model.version, model.variant
     result["ece"] = expected_calibration_error(probs, y)
     result["reliability"] = reliability(probs, y)
-    temperature = (model.metadata.get("calibration") or {}).get("temperature")
+    temperature = (model.card.extra.get("calibration") or {}).get("temperature")
     if temperature:
         result["temperature"] = temperature
         before = uncalibrated(probs, temperature)
@@ -125,7 +127,7 @@ def evaluate_onnx(model_dir: Path, samples: list[Sample], classes: list[str], de
             other_novelty: list[np.ndarray] = []
             predict_samples(_with_novelty(model, other_novelty), model.preprocess, ood_samples(ood), desc="ood")
             other = np.concatenate(other_novelty) if other_novelty else other
-        detector = {k: model.metadata["novelty"].get(k) for k in ("scores", "accept_target", "val_accepted")}
+        detector = {k: model.card.novelty.get(k) for k in ("scores", "accept_target", "val_accepted")}
         result["open_set"] = {**open_set_metrics(known, other), "ood": str(ood) if ood is not None else None,
                               "detector": detector,
                               "novelty": {"in": [round(float(v), 5) for v in known],

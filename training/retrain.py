@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from imgcls.feedback import CONFLICTS_FILE, conflicted_hashes, pixel_sha256
 from imgcls.images import ImageError, decode_image
+from imgcls.metadata import ModelCard
 from imgcls.promotion import promote
-from imgcls.registry import Registry, default_feedback_dir, load_metadata, now_iso, sha256_file, write_atomic
+from imgcls.registry import Registry, default_feedback_dir, now_iso, sha256_file, write_atomic
 from training.data import DataError, Dataset, Sample, create_dataset
 from training.evaluate import evaluate_onnx, evaluate_shifted
 
@@ -246,9 +247,10 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
         raise ValueError(f"--epochs must be >= 1 and --aug-views >= 0 (got {epochs}, {aug_views})")
     t0 = time.perf_counter()
     base_dir = registry.resolve(base)
-    base_meta = load_metadata(base_dir)
-    base_version, classes = base_dir.name, list(base_meta["labels"])
-    root = original_data or (base_meta.get("data") or {}).get("root")
+    base_card = ModelCard.load(base_dir)
+    base_meta = base_card.to_dict()  # base_config reads the trainer's own record of its settings
+    base_version, classes = base_dir.name, list(base_card.labels)
+    root = original_data or (base_card.extra.get("data") or {}).get("root")
     if not root:
         raise DataError(f"{base_version} records no data root: pass --original-data")
     original = limit(create_dataset(root), limit_per_class)

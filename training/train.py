@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgcls.metadata import ModelCard
 from imgcls.reference import write_reference
 from imgcls.registry import HEAD_FILE, ONNX_FILE, Registry, new_version, now_iso
 from training.checkpoint import CHECKPOINT_FILE, save_checkpoint
@@ -145,8 +146,10 @@ def train(ds: Dataset, cfg: TrainConfig, registry: Registry, *, cache_dir: Path 
         test = meta["metrics"]["test"]
         log.info("%s: test accuracy %.4f, log-loss %.4f (%d images) in %.0f s", version, test["accuracy"],
                  test["log_loss"], test["n"], timings["total_s"])
-        meta["reference"] = write_reference(staging, parity, meta)  # promote and the service re-run it
-        registry.add(staging, meta)
+        meta["reference"] = write_reference(staging, parity, ModelCard.from_dict(meta))  # promote and serve re-run it
+        card = ModelCard.from_dict(meta)
+        registry.add(staging, card)
+        meta = card.to_dict()  # with the checksums
     except BaseException:
         registry.discard(staging)
         raise

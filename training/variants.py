@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.loader import preprocessed_batches
+from imgcls.metadata import ModelCard
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.preprocess import Preprocess
 from imgcls.registry import ONNX_FILE, VARIANT_FILES
@@ -100,14 +101,15 @@ def build_variants(model_dir: Path, meta: dict[str, Any], calibration: list[Samp
     fp32 ``model.onnx`` is there); returns what to record as ``metadata["variants"]``. Dropped files are deleted."""
     preprocess = Preprocess.from_dict(meta["preprocessing"])
     record: dict[str, dict[str, Any]] = {}
-    models: dict[str, OnnxClassifier] = {"fp32": OnnxClassifier(model_dir, device="cpu", metadata=meta,
+    card = ModelCard.from_dict(meta)  # not yet checksummed: no files recorded
+    models: dict[str, OnnxClassifier] = {"fp32": OnnxClassifier(model_dir, device="cpu", card=card,
                                                                 variant="fp32")}
     calib = calibration_batch(calibration, preprocess) if "int8" in names else np.zeros(0, np.float32)
     for name in names:
         path, start = model_dir / VARIANT_FILES[name], time.perf_counter()
         try:
             BUILDERS[name](model_dir / ONNX_FILE, path, calib)
-            models[name] = OnnxClassifier(model_dir, device="cpu", metadata=meta, variant=name)
+            models[name] = OnnxClassifier(model_dir, device="cpu", card=card, variant=name)
             record[name] = {"build_s": round(time.perf_counter() - start, 2)}
         except Exception as e:  # noqa: BLE001 - a variant that cannot be built or loaded is simply not kept
             path.unlink(missing_ok=True)

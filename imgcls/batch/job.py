@@ -23,7 +23,7 @@ def run_job(inputs: str, output: Path, model_dir: Path, engine: str = "local", o
         raise BatchError(f"--input {inputs!r} names no image files")
     if engine == "ray":
         import_ray()  # fail before loading anything
-        model, version = None, verify(model_dir)["version"]  # the actors load their own sessions
+        model, version = None, verify(model_dir).version  # the actors load their own sessions
     else:
         model = OnnxClassifier(model_dir, device=opts.device, threads=opts.threads, variant=opts.variant,
                                tensorrt_cache=opts.tensorrt_cache)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgcls.metadata import METADATA_FILE
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.promotion import promote
 from imgcls.reference import REFERENCE_FILE, check_reference
-from imgcls.registry import METADATA_FILE, ONNX_FILE, ModelError, Registry, sha256_file
+from imgcls.registry import ONNX_FILE, ModelError, Registry, sha256_file
 from tests.tiny_model import add_tiny_version, make_nan_version, tiny_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +86,11 @@ def test_cli_promote_of_the_nan_version_is_a_one_line_error(tmp_path: Path) -> N
 
 
 def test_every_variant_a_version_holds_passes_its_own_reference(tiny_registry: Path) -> None:
+    from imgcls.metadata import ModelCard
     from imgcls.onnx_model import available_variants
-    from imgcls.registry import load_metadata
 
     folder = Registry(tiny_registry).resolve("current")
-    variants = available_variants(folder, load_metadata(folder))
+    variants = available_variants(folder, ModelCard.load(folder))
     for v in variants:  # the serving variant is whatever MODEL_VARIANT or the CPU picks: each must verify
         check_reference(OnnxClassifier(folder, device="cpu", variant=v))
     check_reference(folder)  # promote's check: all of them

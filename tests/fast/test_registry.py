@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.metadata import ModelCard
 from imgcls.promotion import promote
-from imgcls.registry import ModelError, Registry, public_metadata, verify
+from imgcls.registry import ModelError, Registry, verify
 from tests.tiny_model import add_tiny_version
 
 
@@ -96,17 +97,32 @@ def test_readers_never_see_a_torn_pointer(tmp_path: Path) -> None:
 def test_public_metadata_drops_history_and_misclassified_without_changing_the_original() -> None:
     meta = {"version": "v1", "history": [{"epoch": 1}], "labels": ["a", "b"],
             "metrics": {"test": {"accuracy": 0.5, "misclassified": [{"path": "x"}]}, "val": {"accuracy": 0.6}}}
-    public = public_metadata(meta)
-    assert public == {"version": "v1", "labels": ["a", "b"], "metrics": {"test": {"accuracy": 0.5},
-                                                                        "val": {"accuracy": 0.6}}}
-    assert meta["history"] and meta["metrics"]["test"]["misclassified"]  # the caller's copy is untouched
+    card = ModelCard.from_dict(meta)
+    assert card.public() == {"version": "v1", "labels": ["a", "b"], "metrics": {"test": {"accuracy": 0.5},
+                                                                               "val": {"accuracy": 0.6}}}
+    assert card.extra["history"] and card.metrics["test"]["misclassified"]  # the card itself is untouched
+
+
+def test_a_card_keeps_unknown_keys_and_round_trips(tmp_path: Path) -> None:
+    meta = {"version": "v1", "labels": ["a", "b"], "backbone": "tiny", "novelty": {"threshold": 1.0},
+            "preprocessing": {"input_size": 32, "resize_size": 36, "mean": [0.5] * 3, "std": [0.5] * 3,
+                              "layout": "NCHW", "dtype": "float32"},
+            "someday": {"a new key": [1, 2]}, "files": {"model.onnx": "0" * 64}, "metrics": {}}
+    card = ModelCard.from_dict(meta)
+    assert card.preprocessing.input_size == 32 and card.novelty == {"threshold": 1.0} and card.backbone == "tiny"
+    card.save(tmp_path)
+    assert ModelCard.load(tmp_path).to_dict() == meta
+    with pytest.raises(ModelError, match="no readable"):
+        ModelCard.load(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="version or labels"):
+        ModelCard.from_dict({"labels": ["a"]})
 
 
 def test_a_missing_file_fails_verification_and_promotion(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     v = add_version(reg, "v1")
     (staging := reg.staging_dir()).joinpath("model.onnx").write_bytes(b"x")
-    extra = reg.add(staging, {"version": "v2", "labels": ["a"]})
+    extra = reg.add(staging, ModelCard(version="v2", labels=["a"]))
     folder = reg.resolve(extra)
     folder.joinpath("model.onnx").unlink()
     with pytest.raises(ModelError, match="model.onnx is missing"):

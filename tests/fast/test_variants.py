@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.metadata import ModelCard
 from imgcls.onnx_model import (
     DeviceError,
     OnnxClassifier,
@@ -79,7 +80,7 @@ def new_version(reg: Registry, tmp: Path, gain: float) -> tuple[str, dict]:
     tiny_onnx(staging / "model.onnx", gain)
     meta = {"version": f"tiny-{gain:g}", "labels": LABELS, "preprocessing": PRE.to_dict()}
     meta["variants"] = build_variants(staging, meta, samples, samples)
-    return reg.add(staging, meta), meta
+    return reg.add(staging, ModelCard.from_dict(meta)), meta
 
 
 def test_variants_are_kept_checksummed_and_scored(tmp_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_variants_are_kept_checksummed_and_scored(tmp_path: Path) -> None:
         # every output of the fp32 model is still there
         assert {o.name for o in model.session.get_outputs()} == {"probabilities", "features"}
     assert OnnxClassifier(model_dir, device="cpu", variant="fp32").variant == "fp32"
-    assert available_variants(model_dir, saved) == ["fp32", "int8", "fp16"]
+    assert available_variants(model_dir, ModelCard.from_dict(saved)) == ["fp32", "int8", "fp16"]
 
 
 def test_a_variant_that_loses_accuracy_is_dropped_and_says_why(tmp_path: Path, caplog) -> None:
@@ -119,11 +120,11 @@ def test_an_unchecksummed_variant_file_is_never_loaded(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "artifacts")
     staging = reg.staging_dir()
     tiny_onnx(staging / "model.onnx", 1.0)
-    version = reg.add(staging, {"version": "v", "labels": LABELS, "preprocessing": PRE.to_dict()})
+    version = reg.add(staging, ModelCard(version="v", labels=LABELS, preprocessing=PRE))
     model_dir = reg.resolve(version)
     model_dir.chmod(0o755)
     tiny_onnx(model_dir / "model.int8.onnx", 1.0)  # dropped in later, not in the metadata's sha256s
-    assert available_variants(model_dir, reg.metadata(version)) == ["fp32"]
+    assert available_variants(model_dir, reg.card(version)) == ["fp32"]
     assert OnnxClassifier(model_dir, device="cpu").variant == "fp32"
 
 
@@ -173,7 +174,7 @@ def test_device_cuda_without_cuda_is_an_error_and_auto_falls_back(tmp_path: Path
         reg = Registry(tmp_path / "artifacts")
         staging = reg.staging_dir()
         tiny_onnx(staging / "model.onnx", 1.0)
-        version = reg.add(staging, {"version": "v", "labels": LABELS, "preprocessing": PRE.to_dict()})
+        version = reg.add(staging, ModelCard(version="v", labels=LABELS, preprocessing=PRE))
         with pytest.raises(DeviceError, match="DEVICE=cuda"):
             OnnxClassifier(reg.resolve(version), device="cuda")
         model = OnnxClassifier(reg.resolve(version), device="auto")

@@ -16,8 +16,7 @@ from ts.torch_handler.image_classifier import ImageClassifier
 
 from bench.peers import answers
 from imgcls.images import decode_image
-from imgcls.preprocess import Preprocess
-from imgcls.registry import load_metadata
+from imgcls.metadata import ModelCard
 from training.checkpoint import load_model
 
 
@@ -25,9 +24,9 @@ class CheckpointImageClassifier(ImageClassifier):
     def initialize(self, context) -> None:
         torch.set_num_threads(os.cpu_count() or 1)  # the same CPU budget as the ONNX peers' intra-op threads
         model_dir = Path(context.system_properties["model_dir"])
-        meta = load_metadata(model_dir)
-        self.labels = list(meta["labels"])
-        self.transform = Preprocess.from_dict(meta["preprocessing"])
+        card = ModelCard.load(model_dir)
+        self.labels = list(card.labels)
+        self.transform = card.preprocessing
         self.device = torch.device("cpu")
         self.model = load_model(model_dir)
         self.initialized = True
