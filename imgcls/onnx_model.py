@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.cam import class_activation_map
 from imgcls.metadata import ModelCard
 from imgcls.novelty import NoveltyDetector, embed, is_known
 from imgcls.preprocess import Preprocess
@@ -204,12 +203,6 @@ class OnnxClassifier:
         probs, fmap = self.predict_with_features(batch)
         novelty = self.detector.novelty(embed(fmap))
         return Classified(probs, novelty, is_known(novelty))
-
-    def class_activation_map(self, fmap: np.ndarray, class_index: int) -> np.ndarray:
-        """CAM for one image's feature map (K, h, w): the head's class weights over channels, scaled to [0, 1]."""
-        if self.head is None:
-            raise ValueError(f"model {self.version} has no linear head over pooled features, so no CAM")
-        return class_activation_map(self.head["weight"][class_index], fmap)
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         s = self.preprocess.input_size

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from imgcls.cam import overlay_png
 from imgcls.errors import ImgclsError
 from imgcls.feedback import FeedbackStore, RateLimiter
 from imgcls.images import finish_decode, open_image
@@ -30,7 +31,6 @@ from service.answers import Prediction, StaleInput
 from service.auth import bearer_matches
 from service.config import Config
 from service.errors import error_response, overloaded
-from service.heatmap import overlay_png
 from service.lifecycle import exit_with_parent
 from service.logs import configure_json_logging
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, metrics_endpoint

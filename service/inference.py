@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.cam import class_activation_map
 from imgcls.errors import ImgclsError
 from imgcls.novelty import embed, is_known
 from imgcls.onnx_model import OnnxClassifier, providers_for
@@ -102,7 +103,7 @@ class Inference:
         novelty = None if model.detector is None else float(model.detector.novelty(embed(fmap))[0])
         index = model.labels.index(label) if label else int(probs[0].argmax())
         base = _prediction(model, probs[0], novelty, None if novelty is None else bool(is_known(novelty)))
-        return Explanation(**vars(base), index=index, cam=model.class_activation_map(fmap[0], index))
+        return Explanation(**vars(base), index=index, cam=class_activation_map(model.head["weight"][index], fmap[0]))
 
     def describe(self) -> dict[str, Any]:
         """The served version's metadata (trimmed) and the runtime it really uses."""
