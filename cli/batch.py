@@ -9,6 +9,7 @@ Exit status 2 for a problem with the arguments, the model or the output file.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -80,6 +81,11 @@ def main(argv: list[str] | None = None, prog: str = "imgcls batch") -> int:
                    decode_nice=args.decode_nice, device=args.device, variant=args.variant,
                    progress=not args.no_progress,
                    actors=args.actors, actor_cpus=args.actor_cpus, tensorrt_cache=args.tensorrt_cache)
+    notes = logging.StreamHandler(sys.stderr)  # the job's notes (resumed, torn line dropped), as plain lines
+    notes.setFormatter(logging.Formatter("%(message)s"))
+    job_log = logging.getLogger("imgcls.batch")
+    job_log.addHandler(notes)
+    job_log.setLevel(logging.INFO)
     try:
         if args.engine == "ray":
             import_ray()  # before anything slow
@@ -92,6 +98,8 @@ def main(argv: list[str] | None = None, prog: str = "imgcls batch") -> int:
         print(f"\ninterrupted: the rows written so far are in {args.output}; run the same command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        job_log.removeHandler(notes)
     print(format_summary(summary, args.output))
     return 0
 

@@ -1,7 +1,7 @@
 """The batch job: classify every input not yet in the results file, and summarise the file."""
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,6 +13,7 @@ from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import verify
 
 __all__ = ["run_job", "summarize"]
+log = logging.getLogger(__name__)  # the command (cli/batch.py) shows these notes on stderr
 
 
 def run_job(inputs: str, output: Path, model_dir: Path, engine: str = "local", opts: Options | None = None) -> dict:
@@ -34,10 +35,10 @@ def run_job(inputs: str, output: Path, model_dir: Path, engine: str = "local", o
         todo = [p for p in paths if p not in out.done]
         skipped = len(paths) - len(todo)
         if out.dropped_bytes:
-            print(f"dropped a torn last line ({out.dropped_bytes} bytes) from {output}", file=sys.stderr)
+            log.warning("dropped a torn last line (%d bytes) from %s", out.dropped_bytes, output)
         if skipped:
-            print(f"{skipped} of {len(paths)} inputs are already in {output}; classifying the other {len(todo)}",
-                  file=sys.stderr)
+            log.warning("%d of %d inputs are already in %s; classifying the other %d", skipped, len(paths), output,
+                        len(todo))
         start = time.perf_counter()
         if todo and model is None:
             run_ray(todo, model_dir, out, opts)
