@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--abusers", type=int, default=4)
     p.add_argument("--service", default="service.service:ImageClassifier", help="what imgcls serve runs "
-                   "(service.split:ImageClassifierSplit: the API and the model as two services)")
+                   "(service.two_services:ImageClassifierTwoServices: the API and the model as two services)")
     args = p.parse_args()
     photos = sorted((DATA / "test").glob("*/*.jpg"))[:50]
     if not photos:

@@ -27,7 +27,7 @@ from imgcls.registry import Registry
 from tests.live_server import free_port, metric, server_process
 
 SERVICES = {"http": "service.service:ImageClassifier",  # the default: one process
-            "split": "service.split:ImageClassifierSplit"}  # the API and a model service (bentoml.depends)
+            "split": "service.two_services:ImageClassifierTwoServices"}  # the API and a model service (bentoml.depends)
 
 
 def in_process_latency(model: OnnxClassifier, bodies: list[bytes]) -> list[float]:

@@ -1,8 +1,9 @@
 """What the model side answers the API: typed values, and the project's error type for failures.
 
 :class:`Prediction` per image, :class:`Explanation` for a class activation map, :class:`StaleInput` when a crop was
-made for another input size (the model was swapped meanwhile; the API crops again). Between two processes (the split
-topology) they travel as dicts: :func:`to_wire` and :func:`from_wire` are the only place that knows that shape.
+made for another input size (the model was swapped meanwhile; the API crops again). Between two processes (the
+two-service topology) they travel as dicts: :func:`to_wire` and :func:`from_wire` are the only place that knows that
+shape.
 """
 from __future__ import annotations
 

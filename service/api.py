@@ -3,7 +3,7 @@
 Typed BentoML endpoints (schemas: service/schemas.py), decoding and cropping here, inference through
 ``self.model_client`` (service/model_client.py). An endpoint raises :class:`~imgcls.errors.ImgclsError`;
 :func:`answers_errors` turns it into the JSON ``{"error", "detail"}`` answer (:func:`service.errors.error_response`).
-The services that serve this API: service/service.py (one process) and service/split.py.
+The services that serve this API: service/service.py (one process) and service/two_services.py.
 """
 from __future__ import annotations
 

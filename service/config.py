@@ -25,7 +25,7 @@ class Config:
     variant: str  # MODEL_VARIANT: auto | fp32 | int8 | fp16 (auto: fp16 on CUDA, int8 on CPUs with VNNI/AMX)
     ort_threads: int  # ORT_THREADS: ONNX Runtime intra-op threads (0: one per core)
     max_batch_size: int  # MAX_BATCH_SIZE: largest model batch the adaptive batcher forms
-    max_latency_ms: int  # MAX_LATENCY_MS: longest a request may wait in BentoML's batcher before a 503 (service.split)
+    max_latency_ms: int  # MAX_LATENCY_MS: the longest wait in BentoML's batcher before a 503 (two_services)
     max_body_bytes: int  # MAX_BODY_BYTES: request bodies over this get 413
     max_pixels: int  # MAX_PIXELS: JPEGs over this get 413 (checked before decoding; they decode at reduced scale)
     max_batch_images: int  # MAX_BATCH_IMAGES: /classify_batch requests with more images get 413

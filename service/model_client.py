@@ -1,5 +1,5 @@
 """How the API service reaches the model: in its own process (:class:`LocalModel`, the default) or in a separate
-BentoML service through ``bentoml.depends`` (:class:`RemoteModel`, service/split.py).
+BentoML service through ``bentoml.depends`` (:class:`RemoteModel`, service/two_services.py).
 
 Both answer the same typed values (:mod:`service.answers`) or raise :class:`~imgcls.errors.ImgclsError`, and both
 merge the crops that wait while the model is busy into the next batch (:class:`service.coalesce.Coalescer`): an
@@ -52,7 +52,7 @@ class LocalModel:
 
 
 class RemoteModel:
-    """The model in the split topology's model service, reached through ``bentoml.depends``: BentoML's adaptive
+    """The model in the two-service topology's model service, reached through ``bentoml.depends``: BentoML's adaptive
     batching merges the calls of every API worker. Each call costs a request in both processes, so the crops
     waiting meanwhile travel together (two calls in flight keep the model busy between them)."""
 

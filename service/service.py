@@ -1,7 +1,7 @@
 """The HTTP API in one process: ``bentoml serve service.service:ImageClassifier`` (``imgcls serve``).
 
 The endpoints are :class:`service.api.ClassifierApi`; here inference runs in this process
-(:class:`service.model_client.LocalModel`). service/split.py serves the same API with the model in a separate
+(:class:`service.model_client.LocalModel`). service/two_services.py serves the same API with the model in a separate
 BentoML service. Every error is JSON ``{"error", "detail"}`` with a 4xx/503 status. Settings: service/config.py.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ def png() -> bytes:
 
 
 # service -> the worker processes `bentoml serve` starts for it
-TOPOLOGIES = {"service.service:ImageClassifier": 1, "service.split:ImageClassifierSplit": 2}
+TOPOLOGIES = {"service.service:ImageClassifier": 1, "service.two_services:ImageClassifierTwoServices": 2}
 
 
 def start(registry: Path, log: Path, service: str = "service.service:ImageClassifier") -> tuple[subprocess.Popen, str]:

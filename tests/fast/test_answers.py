@@ -1,4 +1,4 @@
-"""The model side's typed answers survive the split topology's process boundary unchanged."""
+"""The model side's typed answers survive the two-service topology's process boundary unchanged."""
 from __future__ import annotations
 
 import numpy as np

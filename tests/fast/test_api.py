@@ -1,5 +1,5 @@
 """Every endpoint and every error of the HTTP API, in process: BentoML's own ASGI app under Starlette's test client,
-on the tiny model (the split topology too, its model service as a local dependency). No photos, no network, no
+on the tiny model (the two-service topology too, its model service as a local dependency). No photos, no network, no
 server."""
 from __future__ import annotations
 
@@ -259,15 +259,15 @@ def test_waiting_crops_travel_together_and_failures_reach_every_waiter() -> None
 
 
 def test_the_split_topology_answers_the_same(tiny_registry: Path, monkeypatch) -> None:
-    """service.split: the same API with the model in a ModelService reached through bentoml.depends (here a local
+    """service.two_services: the same API with the model in a ModelService reached through bentoml.depends (here a local
     dependency) gives the same answers, errors included."""
     for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry)}.items():
         monkeypatch.setenv(k, v)
     from service.service import ImageClassifier
-    from service.split import ImageClassifierSplit
+    from service.two_services import ImageClassifierTwoServices
 
     with TestClient(ImageClassifier.to_asgi(), raise_server_exceptions=False) as a, \
-            TestClient(ImageClassifierSplit.to_asgi(), raise_server_exceptions=False) as b:
+            TestClient(ImageClassifierTwoServices.to_asgi(), raise_server_exceptions=False) as b:
         for label in synthetic.CLASSES:
             answer = a.post("/classify", files=up(jpeg(label, 7))).json()
             assert answer["label"] == label and answer == b.post("/classify", files=up(jpeg(label, 7))).json()

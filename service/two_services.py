@@ -1,5 +1,5 @@
 """The same HTTP API with the model in its own BentoML service:
-``bentoml serve service.split:ImageClassifierSplit``.
+``bentoml serve service.two_services:ImageClassifierTwoServices``.
 
 Decoding stays in the API process and inference moves to :class:`ModelService`, reached through
 ``bentoml.depends`` and batched by BentoML's adaptive batching (``@bentoml.api(batchable=True)``). Meant for GPU
@@ -26,7 +26,7 @@ from service.logs import configure_json_logging
 from service.model_client import RemoteModel
 from service.service import SERVICE_OPTIONS, with_middlewares
 
-__all__ = ["ImageClassifierSplit", "ModelService"]
+__all__ = ["ImageClassifierTwoServices", "ModelService"]
 # BentoML fixes a batchable endpoint's batch size and latency when the class is decorated, so these two settings
 # (MAX_BATCH_SIZE, MAX_LATENCY_MS) are the only ones read at import; every other one when a service is built.
 _BATCHING = Config.from_env()
@@ -84,7 +84,7 @@ def _answer(method: Any, *args: Any) -> dict[str, Any]:
 @with_middlewares
 @bentoml.service(**SERVICE_OPTIONS)
 @bentoml.asgi_app(web, path="/")
-class ImageClassifierSplit(ClassifierApi):
+class ImageClassifierTwoServices(ClassifierApi):
     """The API here, the model in :class:`ModelService`; BentoML's ``/readyz`` waits for both."""
 
     inference = bentoml.depends(ModelService)
