@@ -121,11 +121,11 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     current = registry.current()
     print(f"{'':2}{'version':40} {'backbone':20} {'test acc':>9} {'log-loss':>9}  data")
     for v in registry.versions():
-        m = registry.metadata(v)
-        t = m.get("metrics", {}).get("test", {})
-        print(f"{'*' if v == current else ' '} {v:40} {m.get('backbone', '?'):20} "
-              f"{t.get('accuracy', float('nan')):9.4f}"
-              f" {t.get('log_loss', float('nan')):9.4f}  {m.get('data', {}).get('manifest_sha256', '')[:12]}")
+        card = registry.card(v)
+        t = card.metrics.get("test", {})
+        data = (card.extra.get("data") or {}).get("manifest_sha256", "")[:12]
+        print(f"{'*' if v == current else ' '} {v:40} {card.backbone or '?':20} "
+              f"{t.get('accuracy', float('nan')):9.4f} {t.get('log_loss', float('nan')):9.4f}  {data}")
     return 0
 
 
