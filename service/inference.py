@@ -58,7 +58,7 @@ class Inference:
         (:class:`StaleInput`: a swap happened meanwhile; the caller crops again), or when the model failed (it is
         withdrawn)."""
         try:
-            model = self.holder.model
+            model = self.holder.classifier
         except ImgclsError as e:
             return [e] * len(crops)
         size = model.preprocess.input_size
@@ -88,7 +88,7 @@ class Inference:
     def explain(self, crop: np.ndarray, label: str | None = None) -> Explanation:
         """Probabilities and the class activation map (h, w in [0, 1]) of ``label`` (default: the top class);
         raises :class:`ImgclsError` (:class:`StaleInput` for a crop of another size)."""
-        model = self.holder.model
+        model = self.holder.classifier
         if model.head is None or not model.has_features:
             raise ImgclsError(409, "no_cam", f"model {model.version} ({model.card.backbone}) has no linear "
                                              "head over a feature map, so it has no class activation map")
@@ -107,7 +107,7 @@ class Inference:
 
     def describe(self) -> dict[str, Any]:
         """The served version's metadata (trimmed) and the runtime it really uses."""
-        model = self.holder.model
+        model = self.holder.classifier
         meta = model.card.public()
         meta["runtime"] = {"providers": model.providers, "device": model.device,
                            "variant": model.variant, "config": self.config.public()}

@@ -28,7 +28,8 @@ log = logging.getLogger("imgcls.model")
 
 
 class ModelHolder:
-    """Holds the serving :class:`OnnxClassifier`; ``model`` raises a 503 :class:`ModelError` while there is none."""
+    """Holds the serving :class:`OnnxClassifier`; ``classifier`` raises a 503 :class:`ModelError` while there is
+    none."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -43,7 +44,8 @@ class ModelHolder:
         return self._model is not None
 
     @property
-    def model(self) -> OnnxClassifier:
+    def classifier(self) -> OnnxClassifier:
+        """The version being served now (each caller keeps its reference for a whole batch)."""
         model = self._model
         if model is None:
             raise ModelError(f"no model is being served: {self.last_error or 'none loaded yet'}; promote a good one "
