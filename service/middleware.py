@@ -25,6 +25,8 @@ def upload_routes(config: Config) -> dict[str, UploadRoute]:
     }
 
 
+# The routes that take no parameters (service/params.py refuses any they are given).
+BARE_ROUTES = frozenset({"/model", "/admin/reload", "/demo", "/metrics", "/livez", "/readyz", "/healthz"})
 KNOWN_PATHS = frozenset({"/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload", "/demo",
                          "/metrics", "/", "/docs.json", "/schema.json", "/livez", "/readyz", "/healthz"})
 
@@ -37,7 +39,7 @@ class ApiLayers:
         config = config or Config.from_env()
         app = UploadRequests(app, routes=upload_routes(config), max_body_bytes=config.max_body_bytes,
                              stall_timeout_s=config.stall_timeout_s, max_pixels=config.max_pixels,
-                             max_pixels_full=config.max_pixels_full)
+                             max_pixels_full=config.max_pixels_full, bare_routes=BARE_ROUTES)
         app = JsonErrors(app)
         app = RefusalThrottle(app, rate=config.refusal_rate, burst=config.refusal_burst)
         app = RequestIdAndAccessLog(app)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
 
 import anyio
 from starlette.datastructures import UploadFile
@@ -24,6 +23,7 @@ from imgcls.errors import ImgclsError
 from imgcls.images import open_image
 from service.errors import error_response
 from service.metrics import REJECTED
+from service.params import checked, merged, parse_query
 
 __all__ = ["UploadRequests", "UploadRoute", "encode_multipart"]
 
@@ -45,6 +45,22 @@ def _part(name: str, value: bytes, filename: str | None = None, ctype: str | Non
     return head.encode() + b"\r\n" + value
 
 
+BARE_BODY_BYTES = 64 * 1024  # the most a route without parameters reads before refusing the body (413)
+
+
+def _check_bare_body(scope, body: bytes) -> None:
+    """A route without parameters takes no body, or an empty JSON object (BentoML's client sends ``{}``):
+    BentoML would parse anything else as its parameters (a form's values with ``json.loads``)."""
+    ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+    if not body.strip():
+        return
+    if ctype not in ("", "application/json"):
+        raise ImgclsError(415, "unsupported_media_type", f"Content-Type {ctype!r}: this endpoint takes no body "
+                                                      "(or an empty JSON object)")
+    if b"".join(body.split()) != b"{}":
+        raise ImgclsError(400, "bad_parameter", "this endpoint takes no parameters: send no body, or {}")
+
+
 def encode_multipart(files: list[tuple[str, str, str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
     """(body, content type) of a multipart form: ``files`` as (field, filename, content type, data)."""
     boundary = os.urandom(16).hex()
@@ -59,22 +75,25 @@ class UploadRequests:
     """ASGI middleware in front of the upload endpoints (``routes``: path -> :class:`UploadRoute`)."""
 
     def __init__(self, app, routes: dict[str, UploadRoute], max_body_bytes: int, stall_timeout_s: float,
-                 max_pixels: int, max_pixels_full: int) -> None:
-        self.app, self.routes = app, routes
+                 max_pixels: int, max_pixels_full: int, bare_routes: frozenset[str] = frozenset()) -> None:
+        self.app, self.routes, self.bare_routes = app, routes, bare_routes
         self.max_body_bytes, self.stall_timeout_s = max_body_bytes, stall_timeout_s
         self.max_pixels, self.max_pixels_full = max_pixels, max_pixels_full
 
     async def __call__(self, scope, receive, send) -> None:
-        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        refusal = None
         try:
-            body = await self._read_body(scope, receive)
-            scope, body = await self._canonical(scope, body, route)
+            checked_request = await self._checked(scope, receive)
         except ImgclsError as e:
             REJECTED.labels(reason=e.reason).inc()
-            body = None  # not kept while the refusal waits (service.throttle)
-            return await error_response(e)(scope, receive, send)
+            refusal = error_response(e)
+        if refusal is not None:  # answered outside the handler: its traceback, and the body, are let go
+            return await refusal(scope, receive, send)
+        if checked_request is None:  # nothing read: the request goes on as it came
+            return await self.app(scope, receive, send)
+        scope, body = checked_request
         sent = False
 
         async def replay() -> dict:
@@ -86,8 +105,24 @@ class UploadRequests:
 
         await self.app(scope, replay, send)
 
-    async def _read_body(self, scope, receive) -> bytes:
-        limit = self.max_body_bytes
+    async def _checked(self, scope, receive) -> tuple[dict, bytes] | None:
+        """The request (scope, whole body) to pass on, once checked; None when the body need not be read."""
+        path = scope.get("path", "")
+        route = self.routes.get(path) if scope["method"] == "POST" else None
+        if route is not None:
+            return await self._canonical(scope, await self._read_body(scope, receive), route)
+        query = parse_query(scope.get("query_string", b""))
+        if path not in self.bare_routes:
+            return None
+        checked(query, frozenset(), "query")
+        if scope["method"] != "POST":
+            return None
+        body = await self._read_body(scope, receive, BARE_BODY_BYTES)
+        _check_bare_body(scope, body)
+        return scope, body
+
+    async def _read_body(self, scope, receive, limit: int | None = None) -> bytes:
+        limit = limit or self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             raise ImgclsError(413, "body_too_large", f"request body is {int(declared)} bytes; the limit is {limit}")
@@ -112,11 +147,7 @@ class UploadRequests:
         """The request as the multipart form the endpoint declares (unchanged when it already is one)."""
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=False))
-        unknown = set(query) - route.params
-        if unknown:
-            raise ImgclsError(400, "bad_parameter", f"unknown parameter(s) {sorted(unknown)}; "
-                                                 f"this endpoint takes {sorted(route.params) or 'none'}")
+        query = checked(parse_query(scope.get("query_string", b"")), route.params, "query")
         if not body:
             raise ImgclsError(400, "empty", "the request body is empty; send an image")
         if ctype == "multipart/form-data":
@@ -131,7 +162,7 @@ class UploadRequests:
             raise ImgclsError(415, "unsupported_media_type",
                            f"Content-Type {ctype!r}: send multipart/form-data with the image as field "
                            f"{route.file_field!r}, or the raw image bytes with an image/* Content-Type")
-        new_body, new_type = encode_multipart(files, {**fields, **query})
+        new_body, new_type = encode_multipart(files, merged(query, fields))
         new_headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
         new_headers += [(b"content-type", new_type.encode()), (b"content-length", str(len(new_body)).encode())]
         return {**scope, "headers": new_headers, "query_string": b""}, new_body
@@ -156,7 +187,7 @@ class UploadRequests:
             if "Too many files" in detail:
                 raise ImgclsError(413, "too_many_images", f"more than {route.max_files} image(s) in one request") from e
             raise ImgclsError(400, "bad_multipart", f"malformed multipart body: {detail}") from e
-        files, fields, rename = [], {}, False
+        files, pairs, rename = [], [], False
         try:
             for key, value in form.multi_items():
                 if isinstance(value, UploadFile):
@@ -165,15 +196,15 @@ class UploadRequests:
                     rename |= name != value.filename
                     files.append((route.file_field, name, value.content_type or "application/octet-stream",
                                   await value.read()))
-                elif key in route.params:
-                    fields[key] = value
                 elif key == route.file_field:
                     raise ImgclsError(400, "no_image", f"field {key!r} must be a file upload, not text")
+                elif value:  # a blank field is no value, as in the query string
+                    pairs.append((key, value))
                 else:
-                    raise ImgclsError(400, "bad_parameter", f"unknown form field {key!r}; this endpoint takes a file "
-                                                         f"field {route.file_field!r} and {sorted(route.params)}")
+                    rename = True  # BentoML would parse the blank value: the form is written anew without it
         finally:
             await form.close()
+        fields = checked(pairs, route.params, "form")
         if not files:
             raise ImgclsError(400, "no_image", f"the multipart form has no file; send the image as field "
                                             f"{route.file_field!r}")
