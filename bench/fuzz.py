@@ -1,11 +1,19 @@
 """Seeded fuzzing of every endpoint of a running service: mutated images of every format, decompression bombs,
-odd multipart bodies, bad parameters and headers, wrong methods and paths.
+odd multipart bodies, bad parameters (huge, float, NaN, hex... numbers; 100 KB, NUL, invalid UTF-8, right-to-left
+strings; repeated, conflicting and unknown ones), JSON or text where a file belongs, nested, truncated and
+many-part forms, bad boundaries and charsets, header floods, wrong methods and paths, and raw-socket requests an
+HTTP client would not send (bad Content-Length and chunk sizes, Expect: 100-continue, HTTP/1.0, pipelining:
+bench/fuzz_raw.py).
 
-    python -m bench.fuzz --url http://127.0.0.1:3000 [--n 20000] [--seed 0] [--concurrency 8]
+    python -m bench.fuzz --serve [--n 20000] [--seed 0] [--concurrency 8]      # a server on a tiny model
+    python -m bench.fuzz --url http://127.0.0.1:3000 [--log server.log] ...     # a running server
 
-Prints the status counts per endpoint and every failure. A failure is a 5xx, a dropped connection, or a 4xx whose
-body is not a JSON object with an ``error`` key. Exits 1 on any failure. The same seed sends the same requests.
-Start the server with ``REFUSAL_RATE=0``: otherwise it answers this one client's refusals 10 a second.
+Prints the status counts per endpoint and every failure. A failure is a 5xx, a dropped connection, a 4xx whose
+body is not a JSON object ``{"error", "detail"}``, or (with the server's log) a traceback or a WARNING/ERROR
+line in it. The one exception is uvicorn's own plain-text 400 for malformed HTTP framing, accepted only for the
+raw cases that send such framing (bench/fuzz_raw.py says why). Exits 1 on any failure. The same seed sends the
+same requests. A server started by hand needs ``REFUSAL_RATE=0``: otherwise it answers this one client's
+refusals 10 a second.
 """
 from __future__ import annotations
 
@@ -14,16 +22,22 @@ import asyncio
 import io
 import json
 import random
+import re
 import struct
 import sys
+import tempfile
 import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 from PIL import Image
+
+from bench.fuzz_raw import UVICORN_FRAMING_BODY, UVICORN_FRAMING_LOG, exchange, raw_cases
 
 
 @dataclass
@@ -32,8 +46,12 @@ class Case:
     path: str
     what: str  # a short description for failure reports
     content: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] | list[tuple[str, str]] = field(default_factory=dict)
+    params: dict[str, str] | list[tuple[str, str]] = field(default_factory=dict)
+    raw: bytes | None = None  # sent as is over a socket (bench/fuzz_raw.py)
+    expected: int = 1  # answers a raw request must get
+    framing: bool = False  # a raw case uvicorn may refuse itself (plain-text 400)
+    half_close: bool = False  # a raw case that stops sending: it may get no answer
 
 
 @dataclass
@@ -151,10 +169,13 @@ def mutate(rng: random.Random, data: bytes, pool: list[bytes]) -> bytes:
 
 
 # -- requests ----------------------------------------------------------------------------------------------------
-ODD_K = ["", "0", "1", "2", "3", "-1", "abc", "1e3", "1.5", " 1", "99999999999999999999", "\x00", "１"]
-ODD_LABELS = ["cat", "dog", "", "CAT", "x" * 2000, "../../etc/passwd", "cat\x00", "🐱", "cat dog", "null"]
+ODD_K = ["", "0", "1", "2", "3", "-1", "-0", "+1", "abc", "1e3", "1E-2", "1.5", "1.0", " 1", "1 ", "0x10", "1_0",
+         "99999999999999999999", "9" * 4301, "9" * 5000, "-" + "9" * 5000, "NaN", "nan", "Infinity", "-Infinity",
+         "inf", "1e400", "true", "null", "[1]", '{"k": 1}', "\x00", "１", "\u202e1"]
+ODD_LABELS = ["cat", "dog", "", "CAT", "x" * 2000, "x" * 100_000, "../../etc/passwd", "cat\x00", "\x00", "🐱",
+              "cat dog", "null", "\u202ecat", "\u200fdog\u200e", "\ud800", "cat\r\nX-Injected: 1", '"cat"', "9" * 5000]
 ODD_AUTH = ["", "Bearer", "s3cret", "Bearer s3cret", "bearer s3cret", "Basic czNjcmV0",
-            "Bearer " + "x" * 5000, "Bearer s3cret extra", "Bearer \u00e9"]
+            "Bearer " + "x" * 5000, "Bearer s3cret extra", "Bearer \u00e9", "Bearer fuzz-feedback"]
 
 
 def multipart(rng: random.Random, files: list[tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
@@ -170,7 +191,8 @@ def multipart(rng: random.Random, files: list[tuple[str, bytes]], fields: dict[s
             head += nl + f"Content-Type: {ctype}".encode()
         parts.append(head + nl + nl + data)
     for name, value in fields.items():
-        parts.append(f'Content-Disposition: form-data; name="{name}"'.encode() + nl + nl + value.encode())
+        parts.append(f'Content-Disposition: form-data; name="{name}"'.encode() + nl + nl
+                     + value.encode("utf-8", "surrogatepass"))
     body = b"".join(b"--" + boundary.encode() + nl + p + nl for p in parts) + b"--" + boundary.encode() + b"--" + nl
     ctype = f"multipart/form-data; boundary={boundary}"
     odd = rng.random()
@@ -185,6 +207,110 @@ def multipart(rng: random.Random, files: list[tuple[str, bytes]], fields: dict[s
     elif odd < 0.10:
         body = b"--" + boundary.encode() + nl + b"garbage-without-headers" + nl * 2  # one broken part, no end
     return body, ctype
+
+
+def _field_part(name: bytes, value: bytes, nl: bytes = b"\r\n", extra: bytes = b"") -> bytes:
+    return b'Content-Disposition: form-data; name="' + name + b'"' + extra + nl + nl + value
+
+
+def _form(parts: list[bytes], boundary: bytes = b"fuzzb0undary") -> bytes:
+    return b"".join(b"--" + boundary + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + boundary + b"--\r\n"
+
+
+def _image_part(image: bytes, name: bytes = b"image") -> bytes:
+    return (b'Content-Disposition: form-data; name="' + name + b'"; filename="x.jpg"\r\n'
+            b"Content-Type: image/jpeg\r\n\r\n" + image)
+
+
+def param_case(rng: random.Random, image: bytes) -> Case:
+    """Odd parameters: numbers and strings of every shape, repeated, in both query and form, unknown, as bytes
+    that are not UTF-8."""
+    path = rng.choice(["/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload"])
+    name = rng.choice(["k", "k", "label", "format", "x", "", "K", "k[]", "image"])
+    value = rng.choice(ODD_K + ODD_LABELS)
+    shape = rng.randrange(6)
+    field_name = b"images" if path == "/classify_batch" else b"image"
+    query: list[tuple[str, str]] = []
+    fields: list[tuple[bytes, bytes]] = []
+    if shape == 0:  # query, once
+        query = [(name, value)]
+    elif shape == 1:  # query, twice, maybe different
+        query = [(name, value), (name, rng.choice([value, "1", "cat"]))]
+    elif shape == 2:  # form, twice
+        fields = [(name.encode(), value.encode("utf-8", "surrogatepass"))] * 2
+    elif shape == 3:  # query and form both
+        query, fields = [(name, value)], [(name.encode(), rng.choice(ODD_K).encode("utf-8", "surrogatepass"))]
+    elif shape == 4:  # bytes that are not UTF-8, in a value or a name
+        bad = rng.choice([b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\x80" * 100])
+        fields = [(name.encode(), bad)] if rng.random() < 0.5 else [(bad, b"1")]
+    else:  # several unknown fields
+        fields = [(f"field{i}".encode(), b"v" * rng.randint(0, 5000)) for i in range(rng.randint(1, 20))]
+    parts = [_field_part(n, v) for n, v in fields] + [_image_part(image, field_name)]
+    rng.shuffle(parts)
+    body = _form(parts) if path not in ("/model", "/admin/reload") or rng.random() < 0.3 else b""
+    headers = {"Content-Type": "multipart/form-data; boundary=fuzzb0undary"} if body else {}
+    headers["Authorization"] = "Bearer s3cret" if path == "/admin/reload" else "Bearer fuzz-feedback"
+    return Case("POST", path, f"params shape {shape} {name!r}={value[:20]!r}", body, headers, query)
+
+
+def body_case(rng: random.Random, image: bytes) -> Case:
+    """Bodies of the wrong kind or shape: JSON or text where a file belongs, nested and truncated multipart, bad
+    boundaries and charsets, many parts."""
+    path = rng.choice(["/classify", "/classify_batch", "/explain", "/feedback"])
+    field_name = b"images" if path == "/classify_batch" else b"image"
+    kind = rng.randrange(10)
+    ctype = "multipart/form-data; boundary=fuzzb0undary"
+    if kind == 0:
+        ctype, body = "application/json", json.dumps({"image": "aGVsbG8=", "k": 1}).encode()
+    elif kind == 1:
+        ctype, body = rng.choice(["text/plain", "text/plain; charset=utf-16", "application/x-www-form-urlencoded"]), \
+            rng.choice([b"image=cat.jpg&k=1", "k=1".encode("utf-16"), b"hello"])
+    elif kind == 2:  # a text field where the file belongs
+        body = _form([_field_part(field_name, rng.choice([b"http://127.0.0.1/x.jpg", b"/etc/passwd", image[:50]]))])
+    elif kind == 3:  # multipart inside multipart
+        inner = _form([_image_part(image, field_name)], b"inner")
+        body = _form([b'Content-Disposition: form-data; name="' + field_name + b'"\r\n'
+                      b"Content-Type: multipart/mixed; boundary=inner\r\n\r\n" + inner])
+    elif kind == 4:  # cut anywhere
+        full = _form([_field_part(b"k", b"1"), _image_part(image, field_name)])
+        body = full[: rng.randrange(1, len(full))]
+    elif kind == 5:  # odd boundaries
+        boundary = rng.choice([b"", b"x" * 200, b'"quoted"', b"a b", b"\xff\xfe", b"--", b"b" * 5000])
+        body = _form([_image_part(image, field_name)], boundary or b"x")
+        ctype = "multipart/form-data; boundary=" + boundary.decode("latin-1")
+    elif kind == 6:  # charsets
+        ctype += rng.choice(["; charset=utf-16", "; charset=nope", "; charset=utf-7", "; charset="])
+        extra = [_field_part(b"_charset_", b"utf-16")] if rng.random() < 0.5 else []
+        body = _form(extra + [_field_part(b"k", "1".encode("utf-16")), _image_part(image, field_name)])
+    elif kind == 7:  # many parts
+        n = rng.choice([100, 1000, 5000])
+        body = _form([_field_part(b"f%d" % i, b"v") for i in range(n)] + [_image_part(image, field_name)])
+    elif kind == 8:  # many files
+        body = _form([_image_part(image, field_name)] * rng.choice([2, 65, 500]))
+    else:  # a part with odd headers
+        head = rng.choice([b"Content-Disposition: form-data\r\n\r\n", b"Content-Disposition: attachment; name=x\r\n\r\n",
+                           b"X: y\r\n\r\n", b'Content-Disposition: form-data; name="' + b"n" * 10000 + b'"\r\n\r\n',
+                           b"Content-Disposition: form-data; name=image; filename*=UTF-8''%ff.jpg\r\n\r\n"])
+        body = b"--fuzzb0undary\r\n" + head + image + b"\r\n--fuzzb0undary--\r\n"
+    headers = {"Content-Type": ctype, "Authorization": "Bearer fuzz-feedback"}
+    return Case("POST", path, f"body kind {kind} {len(body)} B", body, headers)
+
+
+def header_case(rng: random.Random, image: bytes) -> Case:
+    """Header floods: hundreds of headers, one of 64 KB, repeated Content-Type, odd Host."""
+    path = rng.choice(["/classify", "/model", "/livez"])
+    kind = rng.randrange(4)
+    headers: list[tuple[str, str]] = [("Content-Type", "image/jpeg")]
+    if kind == 0:
+        headers += [(f"X-Flood-{i}", "v" * rng.randint(0, 100)) for i in range(rng.choice([100, 300, 1000]))]
+    elif kind == 1:
+        headers.append((rng.choice(["X-Big", "Cookie", "User-Agent", "Authorization"]), "b" * 65536))
+    elif kind == 2:
+        headers += [("Content-Type", rng.choice(["text/plain", "image/png", "multipart/form-data"]))] * 3
+    else:
+        headers += [("X-Request-Id", rng.choice(["\u00e9" * 10, "a" * 5000, "../x", "{}"]))]
+    method = "GET" if path != "/classify" else "POST"
+    return Case(method, path, f"headers kind {kind}", image if method == "POST" else b"", headers)
 
 
 def make_case(rng: random.Random, images: list[bytes], big: list[bytes]) -> Case:
@@ -241,11 +367,30 @@ def make_case(rng: random.Random, images: list[bytes], big: list[bytes]) -> Case
                 {"Content-Type": "image/jpeg"} if method != "GET" else {})
 
 
+def any_case(rng: random.Random, images: list[bytes], big: list[bytes]) -> Case:
+    """One random request of the whole corpus: images and forms (make_case), parameters, bodies, headers, raw."""
+    r = rng.random()
+    small = rng.choice(images[:3])
+    if r < 0.15:
+        return param_case(rng, small)
+    if r < 0.25:
+        return body_case(rng, small)
+    if r < 0.29:
+        return header_case(rng, small)
+    if r < 0.35:
+        what, data, expected, framing, half_close = rng.choice(raw_cases(rng, small))
+        return Case("RAW", "raw", what, raw=data, expected=expected, framing=framing, half_close=half_close)
+    return make_case(rng, images, big)
+
+
 def cases(seed: int, n: int) -> list[Case]:
     """The ``n`` requests that ``seed`` makes: the same ones every run."""
     images, big = list(seed_images(seed).values()), bombs(seed)
     rng = random.Random(seed)
-    out = [make_case(rng, images, list(big.values())) for _ in range(n)]
+    out = [any_case(rng, images, list(big.values())) for _ in range(n)]
+    # Every raw case once, so that every run covers them.
+    out += [Case("RAW", "raw", what, raw=data, expected=expected, framing=framing, half_close=half_close)
+            for what, data, expected, framing, half_close in raw_cases(random.Random(seed), images[0])]
     # Always include each bomb once, raw, so every run covers them.
     return out + [Case("POST", "/classify", f"bomb {name}", data, {"Content-Type": "image/png"})
                   for name, data in big.items()]
@@ -255,32 +400,58 @@ def cases(seed: int, n: int) -> list[Case]:
 def judge(case: Case, status: int | None, body: bytes, ctype: str) -> Outcome:
     if status is None:
         return Outcome(case, None, "no answer", True)
-    if status >= 500:
-        return Outcome(case, status, f"5xx: {body[:200]!r}", True)
+    if status >= 500 or status < 100:
+        return Outcome(case, status, f"5xx or not HTTP: {body[:200]!r}", True)
     if 400 <= status < 500:
+        if case.framing and status == 400 and body == UVICORN_FRAMING_BODY:
+            return Outcome(case, status, "uvicorn_framing", False)
         try:
             payload = json.loads(body)
         except ValueError:
             return Outcome(case, status, f"4xx not JSON ({ctype}): {body[:200]!r}", True)
-        if not isinstance(payload, dict) or "error" not in payload:
-            return Outcome(case, status, f"4xx JSON without 'error': {body[:200]!r}", True)
-        return Outcome(case, status, str(payload["error"]), False)
+        if not isinstance(payload, dict) or not isinstance(payload.get("error"), str) \
+                or not isinstance(payload.get("detail"), str):
+            return Outcome(case, status, f"4xx JSON without 'error' and 'detail': {body[:200]!r}", True)
+        return Outcome(case, status, payload["error"], False)
     return Outcome(case, status, None, False)
+
+
+def judge_raw(case: Case, replies: list) -> list[Outcome]:
+    """One outcome per answer a raw case got; a missing answer is a failure unless the case stopped sending."""
+    out = [judge(case, r.status, r.body, r.headers.get("content-type", "")) for r in replies]
+    if len(replies) < case.expected and not case.half_close:
+        out.append(Outcome(case, None, f"{len(replies)} of {case.expected} answers", True))
+    return out or [Outcome(case, 0, "no answer after half-close", False)]
+
+
+def log_problems(text: str) -> list[str]:
+    """Tracebacks and WARNING/ERROR lines of a server log, but uvicorn's one line for malformed framing."""
+    lines = text.splitlines()
+    bad = [ln for ln in lines if "Traceback" in ln]
+    bad += [ln for ln in lines if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", ln) and UVICORN_FRAMING_LOG not in ln]
+    return bad
 
 
 async def run(url: str, todo: list[Case], concurrency: int, timeout: float) -> list[Outcome]:
     results: list[Outcome] = []
     queue = iter(todo)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    where = urlsplit(url)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
         async def worker() -> None:
             for case in queue:
+                if case.raw is not None:
+                    replies = await asyncio.to_thread(exchange, where.hostname, where.port, case.raw, case.expected,
+                                                      case.half_close, min(timeout, 20))
+                    results.extend(judge_raw(case, replies))
+                    continue
                 try:
-                    headers = {k: v.encode() for k, v in case.headers.items()}  # bytes: non-ASCII goes as is
+                    items = case.headers.items() if isinstance(case.headers, dict) else case.headers
+                    headers = [(k, v.encode()) for k, v in items]  # bytes: non-ASCII goes as is
                     r = await client.request(case.method, case.path, content=case.content, headers=headers,
                                              params=case.params)
                     results.append(judge(case, r.status_code, r.content, r.headers.get("content-type", "")))
-                except httpx.LocalProtocolError as e:  # our request is unsendable (a client-side check)
+                except (httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError) as e:  # unsendable by httpx
                     results.append(Outcome(case, -1, f"not sent: {e}", False))
                 except httpx.HTTPError as e:
                     results.append(Outcome(case, None, f"{type(e).__name__}: {e}", True))
@@ -291,6 +462,24 @@ async def run(url: str, todo: list[Case], concurrency: int, timeout: float) -> l
 
 def fuzz(url: str, n: int, seed: int = 0, concurrency: int = 8, timeout: float = 60) -> list[Outcome]:
     return asyncio.run(run(url, cases(seed, n), concurrency, timeout))
+
+
+def serve_tiny(workdir: Path, log: Path):
+    """A real server (``python -m imgcls serve``) on a tiny real ONNX model, with the settings this fuzz expects:
+    admin token ``s3cret``, feedback token ``fuzz-feedback``, a 2 MB body limit, no refusal throttle."""
+    from imgcls.live_server import free_port, server_process
+    from imgcls.registry import Registry
+    from tests.tiny_model import add_tiny_version
+
+    reg = Registry(workdir / "artifacts")
+    add_tiny_version(reg, promote=True)
+    port = free_port()
+    env = {**__import__("os").environ, "ARTIFACTS_DIR": str(reg.root), "BENTOML_DO_NOT_TRACK": "true",
+           "BENTOML_DISABLE_GPU_ALLOCATION": "1", "ADMIN_TOKEN": "s3cret", "FEEDBACK_TOKEN": "fuzz-feedback",
+           "MAX_BODY_BYTES": str(2 * 1024 * 1024), "REFUSAL_RATE": "0", "FEEDBACK_RATE": "1000",
+           "FEEDBACK_BURST": "1000", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return server_process(cmd, port, env, log, probe="/readyz", timeout=90)
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -304,6 +493,9 @@ def summary(outcomes: list[Outcome]) -> str:
     for key, counts in sorted(by_endpoint.items()):
         lines.append(f"  {key:16s} " + ", ".join(f"{s}: {c}" for s, c in sorted(counts.items(), key=str)))
     errors = Counter(o.error for o in outcomes if o.status and 400 <= o.status < 500 and not o.failure)
+    raw = Counter(o.status for o in outcomes if o.case.raw is not None)
+    lines.append("  raw-socket answers: " + ", ".join(f"{s}: {c}" for s, c in sorted(raw.items(), key=str))
+                 + " (0: none after a half-close)")
     lines.append("  4xx error codes: " + ", ".join(f"{e}: {c}" for e, c in errors.most_common()))
     failures = [o for o in outcomes if o.failure]
     lines.append(f"failures (5xx, no answer, 4xx without a JSON error): {len(failures)}")
@@ -321,15 +513,29 @@ def summary(outcomes: list[Outcome]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:3000")
-    p.add_argument("--n", type=int, default=2000, help="random requests (the bombs are added once each)")
+    p.add_argument("--serve", action="store_true", help="start a server on a tiny model and fuzz that (ignores --url)")
+    p.add_argument("--log", type=Path, help="the server's log, checked for tracebacks and warnings after the run")
+    p.add_argument("--n", type=int, default=2000, help="random requests (the bombs and raw cases are added once each)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=8)
     args = p.parse_args()
     start = time.perf_counter()
-    outcomes = fuzz(args.url, args.n, args.seed, args.concurrency)
-    print(summary(outcomes))
+    with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
+        log = args.log
+        if args.serve:
+            log = Path(tmp) / "server.log"
+            with serve_tiny(Path(tmp), log) as url:
+                outcomes = fuzz(url, args.n, args.seed, args.concurrency)
+        else:
+            outcomes = fuzz(args.url, args.n, args.seed, args.concurrency)
+        print(summary(outcomes))
+        problems = log_problems(log.read_text(errors="replace")) if log else []
+        if log:
+            print(f"server log: {len(problems)} traceback/warning/error line(s) (uvicorn's framing warning excepted)")
+            for line in problems[:20]:
+                print("  " + line[:300])
     print(f"{time.perf_counter() - start:.1f} s")
-    sys.exit(1 if any(o.failure for o in outcomes) else 0)
+    sys.exit(1 if problems or any(o.failure for o in outcomes) else 0)
 
 
 if __name__ == "__main__":

@@ -10,23 +10,16 @@ from typing import Literal
 
 import pytest
 import requests
-import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.params import RULES, ChoiceParam, IntParam, TextParam
 from tests.fast.test_api import AUTH, TOKEN, api, assert_error, jpeg, up  # noqa: F401 - api is a fixture
+from tests.schema_cases import assert_no_5xx_and_json_4xx, run_schema_cases
 
 HUGE = "9" * 5000  # over Python's 4,300-digit limit: json.loads raised ValueError, answered 500
 FAST = settings(max_examples=40, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
-
-
-def assert_no_5xx_and_json_4xx(r) -> None:
-    assert r.status_code < 500, (r.status_code, r.text[:300])
-    if r.status_code >= 400:
-        body = r.json()
-        assert isinstance(body.get("error"), str) and isinstance(body.get("detail"), str), body
 
 
 @pytest.mark.parametrize("call", [
@@ -128,37 +121,8 @@ def test_hypothesis_over_the_other_routes(api, path, method, query, body, ctype)
     assert_no_5xx_and_json_4xx(r)
 
 
-def schema_cases(api):  # noqa: F811
-    schema = schemathesis.openapi.from_dict(api.get("/docs.json").json())
-    return [op.ok() for op in schema.get_all_operations()]
-
-
-def send_case(client, case, headers: dict[str, str]):
-    """A Schemathesis case sent through ``client`` (Starlette's test client or httpx): the requests library
-    builds the body exactly as Schemathesis would send it."""
-    kwargs = case.as_transport_kwargs(base_url=str(client.base_url).rstrip("/"), headers=headers)
-    kwargs.pop("cookies", None)
-    prepared = requests.Request(**kwargs).prepare()
-    return client.request(prepared.method, prepared.url, content=prepared.body or b"",
-                          headers=dict(prepared.headers))
-
-
 def test_schemathesis_cases_from_the_openapi_schema(api) -> None:  # noqa: F811
-    operations = schema_cases(api)
-    assert {"/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload"} <= \
-        {op.path for op in operations}
-    seen = []
-    for op in operations:
-        auth = {"authorization": f"Bearer {TOKEN}"} if op.path == "/admin/reload" else AUTH
-
-        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=op.as_strategy())
-        def check(case) -> None:
-            r = send_case(api, case, auth)
-            seen.append((op.path, r.status_code))
-            assert_no_5xx_and_json_4xx(r)
-
-        check()
+    seen = run_schema_cases(api, 25, {"/admin/reload": {"authorization": f"Bearer {TOKEN}"}, "/feedback": AUTH})
+    assert {"/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload"} <= {p for p, _ in seen}
     statuses = {s for _, s in seen}
     assert 200 in statuses and 400 in statuses, sorted(statuses)
