@@ -467,7 +467,7 @@ def fuzz(url: str, n: int, seed: int = 0, concurrency: int = 8, timeout: float =
 def serve_tiny(workdir: Path, log: Path):
     """A real server (``python -m imgcls serve``) on a tiny real ONNX model, with the settings this fuzz expects:
     admin token ``s3cret``, feedback token ``fuzz-feedback``, a 2 MB body limit, no refusal throttle."""
-    from imgcls.live_server import free_port, server_process
+    from tests.live_server import free_port, server_process
     from imgcls.registry import Registry
     from tests.tiny_model import add_tiny_version
 
@@ -478,7 +478,7 @@ def serve_tiny(workdir: Path, log: Path):
            "BENTOML_DISABLE_GPU_ALLOCATION": "1", "ADMIN_TOKEN": "s3cret", "FEEDBACK_TOKEN": "fuzz-feedback",
            "MAX_BODY_BYTES": str(2 * 1024 * 1024), "REFUSAL_RATE": "0", "FEEDBACK_RATE": "1000",
            "FEEDBACK_BURST": "1000", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     return server_process(cmd, port, env, log, probe="/readyz", timeout=90)
 
 
