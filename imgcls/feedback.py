@@ -73,6 +73,24 @@ def _stored(root: Path) -> list[tuple[str, str]]:
             for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")]
 
 
+def _remove_orphans(root: Path) -> None:
+    """Delete the temporary files of writers that died before renaming them (``.<sha>.<pid>.<thread>.tmp``,
+    left by a SIGKILL or power loss); a live process's are kept: two workers may share the store."""
+    if not root.is_dir():
+        return
+    for tmp in root.glob("*/.*.tmp"):
+        try:
+            pid = int(tmp.name.split(".")[2])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
+
+
 @dataclass(frozen=True)
 class Stored:
     path: Path
@@ -95,6 +113,7 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._labels: dict[str, str] = {}
         self.files = self.bytes = 0
+        _remove_orphans(self.root)
         for label, stem in _stored(self.root):
             self._labels.setdefault(stem, label)
         if self.root.is_dir():

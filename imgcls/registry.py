@@ -7,7 +7,7 @@ Layout::
     artifacts/models/<version>/head.npz       the linear head's weights, for class activation maps
     artifacts/models/<version>/metadata.json  labels, preprocessing, backbone, data hash, metrics, sha256s
     artifacts/current                         the promoted version's name (replaced by write-then-rename)
-    artifacts/promotions.jsonl                every promotion, appended
+    artifacts/promotions.jsonl                every promotion, appended (durably) before the pointer moves
 """
 from __future__ import annotations
 
@@ -153,10 +153,14 @@ class Registry:
             raise ModelError(f"{model_dir} is not a version of this registry ({self.models})")
         verify(model_dir)
         previous = self.current()
-        write_atomic(self.pointer, model_dir.name + "\n")
+        # The log is written ahead, durably: a process killed between the two steps leaves a last entry whose
+        # pointer move did not happen (its "previous" is still current), never a pointer move that no entry records.
         entry = {"time": now_iso(), "version": model_dir.name, "previous": previous, "reason": reason}
         with open(self.root / "promotions.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        write_atomic(self.pointer, model_dir.name + "\n")
         return model_dir.name
 
 
