@@ -37,7 +37,13 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.fuzz_raw import UVICORN_FRAMING_BODY, UVICORN_FRAMING_LOG, exchange, raw_cases
+from bench.fuzz_raw import (
+    UVICORN_FRAMING_BODY,
+    UVICORN_FRAMING_LOG,
+    exchange,
+    raw_cases,
+)
+from bench.tiny_server import FUZZ_SETTINGS, serve_tiny
 
 
 @dataclass
@@ -92,7 +98,7 @@ def seed_images(seed: int) -> dict[str, bytes]:
         "png": _save(img, "PNG"),
         "png_rgba": _save(img.convert("RGBA"), "PNG"),
         "png_palette_interlaced": _save(img.convert("P"), "PNG", interlace=1),
-        "png_16bit": _save(Image.fromarray((np.asarray(img.convert("L"), np.uint16) * 257)), "PNG"),
+        "png_16bit": _save(Image.fromarray(np.asarray(img.convert("L"), np.uint16) * 257), "PNG"),
         "gif_animated": _save(frames[0], "GIF", save_all=True, append_images=frames[1:], loop=0),
         "webp_lossy": _save(img, "WEBP", quality=80),
         "webp_lossless": _save(img, "WEBP", lossless=True),
@@ -464,24 +470,6 @@ def fuzz(url: str, n: int, seed: int = 0, concurrency: int = 8, timeout: float =
     return asyncio.run(run(url, cases(seed, n), concurrency, timeout))
 
 
-def serve_tiny(workdir: Path, log: Path):
-    """A real server (``python -m imgcls serve``) on a tiny real ONNX model, with the settings this fuzz expects:
-    admin token ``s3cret``, feedback token ``fuzz-feedback``, a 2 MB body limit, no refusal throttle."""
-    from tests.live_server import free_port, server_process
-    from imgcls.registry import Registry
-    from tests.tiny_model import add_tiny_version
-
-    reg = Registry(workdir / "artifacts")
-    add_tiny_version(reg, promote=True)
-    port = free_port()
-    env = {**__import__("os").environ, "ARTIFACTS_DIR": str(reg.root), "BENTOML_DO_NOT_TRACK": "true",
-           "BENTOML_DISABLE_GPU_ALLOCATION": "1", "ADMIN_TOKEN": "s3cret", "FEEDBACK_TOKEN": "fuzz-feedback",
-           "MAX_BODY_BYTES": str(2 * 1024 * 1024), "REFUSAL_RATE": "0", "FEEDBACK_RATE": "1000",
-           "FEEDBACK_BURST": "1000", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return server_process(cmd, port, env, log, probe="/readyz", timeout=90)
-
-
 def summary(outcomes: list[Outcome]) -> str:
     by_endpoint: dict[str, Counter] = {}
     for o in outcomes:
@@ -524,7 +512,7 @@ def main() -> None:
         log = args.log
         if args.serve:
             log = Path(tmp) / "server.log"
-            with serve_tiny(Path(tmp), log) as url:
+            with serve_tiny(Path(tmp), log, **FUZZ_SETTINGS) as (url, _):
                 outcomes = fuzz(url, args.n, args.seed, args.concurrency)
         else:
             outcomes = fuzz(args.url, args.n, args.seed, args.concurrency)

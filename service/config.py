@@ -42,6 +42,8 @@ class Config:
     max_pixels_full: int  # MAX_PIXELS_FULL: the pixel limit for formats decoded at full size (PNG, WebP, ...)
     shutdown_grace_s: float  # SHUTDOWN_GRACE_S: after SIGTERM the model service answers this long (in-flight work)
     stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
+    upload_budget_bytes: int  # UPLOAD_BUDGET_BYTES: upload bytes held in memory at once (service/upload_budget.py)
+    upload_wait_s: float  # UPLOAD_WAIT_S: an upload waits this long for room in that budget, then gets 503
     decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
     refusal_rate: float  # REFUSAL_RATE: a client's 4xx answers beyond its burst go out at this rate a second (0: off)
     refusal_burst: int  # REFUSAL_BURST: 4xx answers a client gets at once before they are held back
@@ -82,6 +84,8 @@ class Config:
             max_pixels_full=_env("MAX_PIXELS_FULL", DEFAULT_MAX_PIXELS_FULL, int),
             shutdown_grace_s=_env("SHUTDOWN_GRACE_S", 5.0, float),
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
+            upload_budget_bytes=_env("UPLOAD_BUDGET_BYTES", 128 * 1024 * 1024, int),
+            upload_wait_s=_env("UPLOAD_WAIT_S", 30.0, float),
             decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
             refusal_rate=_env("REFUSAL_RATE", 10.0, float),
             refusal_burst=_env("REFUSAL_BURST", 50, int),

@@ -10,6 +10,7 @@ from service.errors import JsonErrors
 from service.logs import RequestIdAndAccessLog
 from service.metrics import HttpMetrics
 from service.throttle import RefusalThrottle
+from service.upload_budget import ByteBudget
 from service.uploads import UploadRequests, UploadRoute
 
 __all__ = ["KNOWN_PATHS", "ApiLayers", "upload_routes"]
@@ -39,7 +40,9 @@ class ApiLayers:
         config = config or Config.from_env()
         app = UploadRequests(app, routes=upload_routes(config), max_body_bytes=config.max_body_bytes,
                              stall_timeout_s=config.stall_timeout_s, max_pixels=config.max_pixels,
-                             max_pixels_full=config.max_pixels_full, bare_routes=BARE_ROUTES)
+                             max_pixels_full=config.max_pixels_full, bare_routes=BARE_ROUTES,
+                             budget=ByteBudget(max(config.upload_budget_bytes, config.max_body_bytes),
+                                               config.upload_wait_s))
         app = JsonErrors(app)
         app = RefusalThrottle(app, rate=config.refusal_rate, burst=config.refusal_burst)
         app = RequestIdAndAccessLog(app)

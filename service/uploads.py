@@ -24,6 +24,7 @@ from imgcls.images import open_image
 from service.errors import error_response
 from service.metrics import REJECTED
 from service.params import checked, merged, parse_query
+from service.upload_budget import ByteBudget
 
 __all__ = ["UploadRequests", "UploadRoute", "encode_multipart"]
 
@@ -75,14 +76,32 @@ class UploadRequests:
     """ASGI middleware in front of the upload endpoints (``routes``: path -> :class:`UploadRoute`)."""
 
     def __init__(self, app, routes: dict[str, UploadRoute], max_body_bytes: int, stall_timeout_s: float,
-                 max_pixels: int, max_pixels_full: int, bare_routes: frozenset[str] = frozenset()) -> None:
-        self.app, self.routes, self.bare_routes = app, routes, bare_routes
+                 max_pixels: int, max_pixels_full: int, bare_routes: frozenset[str] = frozenset(),
+                 budget: ByteBudget | None = None) -> None:
+        self.app, self.routes, self.bare_routes, self.budget = app, routes, bare_routes, budget
         self.max_body_bytes, self.stall_timeout_s = max_body_bytes, stall_timeout_s
         self.max_pixels, self.max_pixels_full = max_pixels, max_pixels_full
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        held = 0
+        if self.budget is not None and scope["method"] == "POST" and scope.get("path", "") in self.routes:
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            size = int(declared) if declared.isdigit() else self.max_body_bytes
+            if size <= self.max_body_bytes:  # a larger one is refused before a byte of it is read
+                try:
+                    held = await self.budget.reserve(size)
+                except ImgclsError as e:
+                    REJECTED.labels(reason=e.reason).inc()
+                    return await error_response(e)(scope, receive, send)
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            if held:
+                self.budget.release(held)
+
+    async def _handle(self, scope, receive, send) -> None:
         refusal = None
         try:
             checked_request = await self._checked(scope, receive)
@@ -97,11 +116,13 @@ class UploadRequests:
         sent = False
 
         async def replay() -> dict:
-            nonlocal sent
+            nonlocal sent, body
             if sent:
                 return await receive()  # after the body: wait for the disconnect
             sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            message = {"type": "http.request", "body": body, "more_body": False}
+            body = None  # handed on: not held here too while the endpoint works (service/upload_budget.py)
+            return message
 
         await self.app(scope, replay, send)
 

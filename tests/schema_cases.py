@@ -30,13 +30,17 @@ def run_schema_cases(client, examples: int, auth: dict[str, dict[str, str]]) -> 
     schema = schemathesis.openapi.from_dict(client.get("/docs.json").json())
     seen: list[tuple[str, int]] = []
     for op in (result.ok() for result in schema.get_all_operations()):
-        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
-        @given(case=op.as_strategy())
-        def check(case) -> None:
-            r = send_case(client, case, auth.get(op.path, {}))
-            seen.append((op.path, r.status_code))
-            assert_no_5xx_and_json_4xx(r)
-
-        check()
+        _check_operation(client, op, auth.get(op.path, {}), examples, seen)
     return seen
+
+
+def _check_operation(client, op, headers: dict[str, str], examples: int, seen: list[tuple[str, int]]) -> None:
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(case=op.as_strategy())
+    def check(case) -> None:
+        r = send_case(client, case, headers)
+        seen.append((op.path, r.status_code))
+        assert_no_5xx_and_json_4xx(r)
+
+    check()

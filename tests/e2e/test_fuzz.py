@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.fuzz import cases, fuzz, log_problems, serve_tiny, summary
+from bench.fuzz import cases, fuzz, log_problems, summary
 from bench.fuzz_raw import raw_cases
+from bench.tiny_server import FUZZ_SETTINGS, serve_tiny
 from tests.schema_cases import run_schema_cases
 
 N = 2000
@@ -39,7 +40,7 @@ def test_cases_are_seeded_and_cover_every_endpoint_and_every_kind() -> None:
 
 def test_fuzzing_every_endpoint_gives_no_5xx_only_json_4xx_and_a_clean_log(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    with serve_tiny(tmp_path, log) as url:
+    with serve_tiny(tmp_path, log, **FUZZ_SETTINGS) as (url, _):
         outcomes = fuzz(url, N, seed=0, concurrency=8)
         with httpx.Client(base_url=url, timeout=60) as client:
             seen = run_schema_cases(client, 20, {"/admin/reload": {"authorization": "Bearer s3cret"},
