@@ -155,7 +155,7 @@ def exchange(host: str, port: int, data: bytes, expected: int, half_close: bool,
                 continue
             try:
                 chunk = s.recv(65536)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 break
             if not chunk:
                 break
