@@ -1,5 +1,5 @@
 """Fuzzing in every run: 2,000 seeded hostile requests over every endpoint of a real server, plus every raw-socket
-case once, plus Schemathesis cases generated from the server's own /docs.json.
+case once, plus Schemathesis cases generated from the server's own /docs.json and Hypothesis over every endpoint's parameters.
 
 Zero 5xx, zero dropped connections, every 4xx a JSON ``{"error", "detail"}`` (uvicorn's own plain-text 400 for
 malformed HTTP framing is the one exception, accepted only where a raw case sends such framing:
@@ -17,7 +17,8 @@ import httpx
 from bench.fuzz import cases, fuzz, log_problems, summary
 from bench.fuzz_raw import raw_cases
 from bench.tiny_server import FUZZ_SETTINGS, serve_tiny
-from tests.schema_cases import run_schema_cases
+from tests import synthetic
+from tests.request_properties import run_parameter_properties, run_schema_cases
 
 N = 2000
 
@@ -45,6 +46,8 @@ def test_fuzzing_every_endpoint_gives_no_5xx_only_json_4xx_and_a_clean_log(tmp_p
         with httpx.Client(base_url=url, timeout=60) as client:
             seen = run_schema_cases(client, 20, {"/admin/reload": {"authorization": "Bearer s3cret"},
                                                  "/feedback": {"authorization": "Bearer fuzz-feedback"}})
+            run_parameter_properties(client, 30, synthetic.image_bytes("red", 0),
+                                     {"authorization": "Bearer fuzz-feedback"})
     report = summary(outcomes)
     print(report)
     assert len(outcomes) >= N

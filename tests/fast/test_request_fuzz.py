@@ -9,17 +9,15 @@ import typing
 from typing import Literal
 
 import pytest
-import requests
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from service.params import RULES, ChoiceParam, IntParam, TextParam
 from tests.fast.test_api import AUTH, TOKEN, api, assert_error, jpeg, up  # noqa: F401 - api is a fixture
-from tests.schema_cases import assert_no_5xx_and_json_4xx, run_schema_cases
-
-HUGE = "9" * 5000  # over Python's 4,300-digit limit: json.loads raised ValueError, answered 500
-FAST = settings(max_examples=40, deadline=None, database=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
+from tests.request_properties import (
+    HUGE,
+    assert_no_5xx_and_json_4xx,
+    run_parameter_properties,
+    run_schema_cases,
+)
 
 
 @pytest.mark.parametrize("call", [
@@ -85,40 +83,8 @@ def test_parameter_rules_match_the_endpoint_signatures() -> None:
                 assert args[0] is str and isinstance(rule, TextParam), name
 
 
-NUMBERS = st.sampled_from(["0", "-1", "1", "2", "3", "1e3", "1.0", "NaN", "Infinity", "-Infinity", "0x10", " 1",
-                           "1 ", "+1", "１", HUGE, "9" * 20, "true", "null", "[]", "{}"])
-STRINGS = st.one_of(st.text(max_size=50), st.sampled_from(["red", "blue", "x" * 20_000, "\x00", "\u202ered",
-                                                            "png", "json"]))  # httpx sends URLs up to 64 KB
-NAMES = st.sampled_from(["k", "label", "format", "image", "images", "x", ""])
-
-
-@FAST
-@given(path=st.sampled_from(["/classify", "/classify_batch", "/explain", "/feedback"]),
-       query=st.lists(st.tuples(NAMES, st.one_of(NUMBERS, STRINGS)), max_size=3),
-       form=st.lists(st.tuples(NAMES, st.one_of(NUMBERS, STRINGS)), max_size=3),
-       raw=st.booleans())
-def test_hypothesis_over_every_upload_parameter(api, path, query, form, raw) -> None:  # noqa: F811
-    field = "images" if path == "/classify_batch" else "image"
-    url = requests.Request("POST", "http://testserver" + path, params=query).prepare().url
-    if raw:
-        r = api.post(url, content=jpeg("red"), headers={"content-type": "image/jpeg", **AUTH})
-    else:
-        parts = [(field, ("a.jpg", jpeg("blue"), "image/jpeg"))] + [(n, (None, v)) for n, v in form]
-        r = api.post(url, files=parts, headers=AUTH)
-    assert_no_5xx_and_json_4xx(r)
-
-
-@FAST
-@given(path=st.sampled_from(["/model", "/admin/reload", "/healthz", "/metrics", "/docs.json", "/nope"]),
-       method=st.sampled_from(["GET", "POST", "PUT"]),
-       query=st.lists(st.tuples(NAMES, st.one_of(NUMBERS, STRINGS)), max_size=3),
-       body=st.one_of(st.just(b""), st.binary(max_size=64), st.sampled_from([b"{}", b'{"k": ' + HUGE.encode() + b"}"])),
-       ctype=st.sampled_from(["", "application/json", "application/x-www-form-urlencoded", "text/plain"]))
-def test_hypothesis_over_the_other_routes(api, path, method, query, body, ctype) -> None:  # noqa: F811
-    url = requests.Request(method, "http://testserver" + path, params=query).prepare().url
-    headers = {"content-type": ctype} if ctype else {}
-    r = api.request(method, url, content=body, headers=headers)
-    assert_no_5xx_and_json_4xx(r)
+def test_hypothesis_over_every_endpoints_parameters(api) -> None:  # noqa: F811
+    run_parameter_properties(api, 40, jpeg("red"), AUTH)
 
 
 def test_schemathesis_cases_from_the_openapi_schema(api) -> None:  # noqa: F811
