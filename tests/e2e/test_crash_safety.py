@@ -144,7 +144,8 @@ def test_batch_job_survives_sigkill_and_resumes(tmp_path: Path) -> None:
         before = _lines(output)
         target = before + rng.randint(1, 15)  # killed once this many rows are there, whenever that is
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
-        while proc.poll() is None and _lines(output) < target:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _lines(output) < target and time.monotonic() < deadline:
             time.sleep(0.002)
         if proc.poll() is not None:
             break  # it finished first
