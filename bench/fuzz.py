@@ -294,7 +294,8 @@ def body_case(rng: random.Random, image: bytes) -> Case:
     elif kind == 8:  # many files
         body = _form([_image_part(image, field_name)] * rng.choice([2, 65, 500]))
     else:  # a part with odd headers
-        head = rng.choice([b"Content-Disposition: form-data\r\n\r\n", b"Content-Disposition: attachment; name=x\r\n\r\n",
+        head = rng.choice([b"Content-Disposition: form-data\r\n\r\n",
+                           b"Content-Disposition: attachment; name=x\r\n\r\n",
                            b"X: y\r\n\r\n", b'Content-Disposition: form-data; name="' + b"n" * 10000 + b'"\r\n\r\n',
                            b"Content-Disposition: form-data; name=image; filename*=UTF-8''%ff.jpg\r\n\r\n"])
         body = b"--fuzzb0undary\r\n" + head + image + b"\r\n--fuzzb0undary--\r\n"

@@ -13,7 +13,7 @@ from service.throttle import RefusalThrottle
 from service.upload_budget import ByteBudget
 from service.uploads import UploadRequests, UploadRoute
 
-__all__ = ["KNOWN_PATHS", "ApiLayers", "upload_routes"]
+__all__ = ["BARE_ROUTES", "KNOWN_PATHS", "ApiLayers", "upload_routes"]
 
 
 def upload_routes(config: Config) -> dict[str, UploadRoute]:

@@ -14,6 +14,9 @@ from urllib.parse import parse_qsl
 
 from imgcls.errors import ImgclsError
 
+__all__ = ["MAX_QUERY_BYTES", "RULES", "ChoiceParam", "IntParam", "TextParam", "bad", "checked", "merged",
+           "parse_query"]
+
 MAX_QUERY_BYTES = 4096  # a query string longer than this is refused on every route (ours need a few bytes)
 
 

@@ -15,6 +15,8 @@ import anyio
 
 from imgcls.errors import ImgclsError
 
+__all__ = ["ByteBudget"]
+
 
 class ByteBudget:
     """``capacity`` bytes shared by the uploads in flight (FIFO waiting; see the module docstring)."""

@@ -120,7 +120,8 @@ def _serve_and_classify(root: Path, log: Path, version: str) -> None:
     from tests.conftest import serve
 
     with serve(root, log) as url:
-        r = httpx.post(f"{url}/classify", content=synthetic.image_bytes("red", 1), headers={"content-type": "image/jpeg"},
+        r = httpx.post(f"{url}/classify", content=synthetic.image_bytes("red", 1),
+                       headers={"content-type": "image/jpeg"},
                        timeout=30)
         assert r.status_code == 200 and r.json()["model"]["version"] == version, r.text
 

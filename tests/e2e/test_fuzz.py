@@ -1,5 +1,6 @@
 """Fuzzing in every run: 2,000 seeded hostile requests over every endpoint of a real server, plus every raw-socket
-case once, plus Schemathesis cases generated from the server's own /docs.json and Hypothesis over every endpoint's parameters.
+case once, plus Schemathesis cases generated from the server's own /docs.json and Hypothesis over every endpoint's
+parameters.
 
 Zero 5xx, zero dropped connections, every 4xx a JSON ``{"error", "detail"}`` (uvicorn's own plain-text 400 for
 malformed HTTP framing is the one exception, accepted only where a raw case sends such framing:
@@ -29,7 +30,8 @@ def test_cases_are_seeded_and_cover_every_endpoint_and_every_kind() -> None:
         [(c.method, c.path, c.content, c.headers, c.params, c.raw) for c in b]
     assert cases(8, 300)[0].content != a[0].content or cases(8, 300)[1].content != a[1].content
     every = cases(0, N)
-    assert {"/classify", "/classify_batch", "/explain", "/feedback", "/admin/reload", "/model"} <= {c.path for c in every}
+    paths = {c.path for c in every}
+    assert {"/classify", "/classify_batch", "/explain", "/feedback", "/admin/reload", "/model"} <= paths
     whats = " ".join(c.what for c in every)
     for kind in ("params shape", "body kind", "headers kind", "pipelined", "chunk", "HTTP/1.0", "100-continue"):
         assert kind in whats, kind

@@ -62,9 +62,9 @@ def test_routes_without_parameters_take_none(api) -> None:  # noqa: F811
 
 def test_parameter_rules_match_the_endpoint_signatures() -> None:
     """service/params.py's rules and the routes' parameter lists agree with what each endpoint declares."""
+    from service.api import ClassifierApi
     from service.config import Config
     from service.middleware import upload_routes
-    from service.service import ClassifierApi
 
     for path, route in upload_routes(Config.from_env()).items():
         method = getattr(ClassifierApi, path.strip("/")).func
