@@ -8,6 +8,10 @@ does not: a body-size limit (413), a stalled-upload timeout (408), file fields t
 single-image endpoints it also reads the image's header here, so that what the endpoint would refuse anyway (not
 an image, over the format's pixel limit) is refused before BentoML spools the upload to a temporary file: a client
 looping such files costs the service a fraction of a full request each.
+
+Every route's query (and the upload routes' form fields) is checked against what the endpoint takes
+(service/params.py) before BentoML parses it; the routes without parameters take none, and no body but ``{}``. An
+upload waits for room in the budget of upload bytes held at once (service/upload_budget.py) before it is read.
 """
 from __future__ import annotations
 
