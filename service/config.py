@@ -43,7 +43,8 @@ class Config:
     shutdown_grace_s: float  # SHUTDOWN_GRACE_S: after SIGTERM the model service answers this long (in-flight work)
     stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
     upload_budget_bytes: int  # UPLOAD_BUDGET_BYTES: upload bytes held in memory at once (service/upload_budget.py)
-    upload_wait_s: float  # UPLOAD_WAIT_S: an upload waits this long for room in that budget, then gets 503
+    upload_wait_s: float  # UPLOAD_WAIT_S: an upload waits this long for room in that budget, then gets 503 (keep it
+    # well under the 60 s request timeout of the service options, past which BentoML itself answers 504)
     decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
     refusal_rate: float  # REFUSAL_RATE: a client's 4xx answers beyond its burst go out at this rate a second (0: off)
     refusal_burst: int  # REFUSAL_BURST: 4xx answers a client gets at once before they are held back
