@@ -31,7 +31,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import numpy as np
@@ -439,6 +439,19 @@ def log_problems(text: str) -> list[str]:
     return bad
 
 
+def as_raw(case: Case) -> bytes:
+    """``case`` as the bytes of an HTTP/1.1 request, for what httpx will not send (a URL over 64 KB, a lone
+    surrogate, a header value it refuses): values are UTF-8 (lone surrogates kept) and %-encoded."""
+    pairs = case.params.items() if isinstance(case.params, dict) else case.params
+    query = urlencode([(k.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")) for k, v in pairs])
+    target = case.path + ("?" + query if query else "")
+    items = case.headers.items() if isinstance(case.headers, dict) else case.headers
+    lines = [f"{case.method} {target} HTTP/1.1".encode(), b"Host: fuzz", b"Connection: close",
+             f"Content-Length: {len(case.content)}".encode()]
+    lines += [k.encode("latin-1", "replace") + b": " + v.encode("utf-8", "surrogatepass") for k, v in items]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + case.content
+
+
 async def run(url: str, todo: list[Case], concurrency: int, timeout: float) -> list[Outcome]:
     results: list[Outcome] = []
     queue = iter(todo)
@@ -458,8 +471,12 @@ async def run(url: str, todo: list[Case], concurrency: int, timeout: float) -> l
                     r = await client.request(case.method, case.path, content=case.content, headers=headers,
                                              params=case.params)
                     results.append(judge(case, r.status_code, r.content, r.headers.get("content-type", "")))
-                except (httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError) as e:  # unsendable by httpx
-                    results.append(Outcome(case, -1, f"not sent: {e}", False))
+                except (httpx.LocalProtocolError, httpx.InvalidURL, UnicodeEncodeError):  # httpx refuses to send it
+                    raw = Case(case.method, case.path, f"raw, as httpx would not: {case.what}", raw=as_raw(case),
+                               framing=True)
+                    replies = await asyncio.to_thread(exchange, where.hostname, where.port, raw.raw, 1, False,
+                                                      min(timeout, 20))
+                    results.extend(judge_raw(raw, replies))
                 except httpx.HTTPError as e:
                     results.append(Outcome(case, None, f"{type(e).__name__}: {e}", True))
 
