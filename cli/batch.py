@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None, prog: str = "imgcls batch") -> arg
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--variant", choices=["auto", *VARIANTS], default="auto",
                    help="model variant: auto picks fp16 on CUDA, int8 on a CPU with VNNI/AMX, else fp32")
+    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default=Options.decode,
+                   help="where JPEGs are decoded: gpu (nvImageCodec), cpu, or auto (gpu when the model runs on CUDA)")
     p.add_argument("--actors", type=int, default=None, help="ray: actor pool size (default: CPUs / --actor-cpus)")
     p.add_argument("--actor-cpus", type=float, default=Options.actor_cpus, help="ray: CPUs reserved per actor")
     p.add_argument("--tensorrt-cache", type=Path, default=_tensorrt_cache_from_env(),
@@ -78,7 +80,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "imgcls batch") -> arg
 def main(argv: list[str] | None = None, prog: str = "imgcls batch") -> int:
     args = parse_args(argv, prog)
     opts = Options(batch_size=args.batch_size, workers=args.workers, threads=args.threads, prefetch=args.prefetch,
-                   decode_nice=args.decode_nice, device=args.device, variant=args.variant,
+                   decode_nice=args.decode_nice, device=args.device, variant=args.variant, decode=args.decode,
                    progress=not args.no_progress,
                    actors=args.actors, actor_cpus=args.actor_cpus, tensorrt_cache=args.tensorrt_cache)
     notes = logging.StreamHandler(sys.stderr)  # the job's notes (resumed, torn line dropped), as plain lines

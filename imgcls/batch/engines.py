@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +14,12 @@ from tqdm import tqdm
 from imgcls.batch.inputs import BatchError
 from imgcls.batch.results import ResultsFile
 from imgcls.batch.rows import batch_rows
-from imgcls.loader import preprocessed_batches
+from imgcls.gpu_decode import BatchDecoder, GpuDecodeUnavailable, nvimgcodec_decoder
+from imgcls.loader import Failure, preprocessed_batches
 from imgcls.onnx_model import OnnxClassifier
 
-__all__ = ["Options", "RayPredictor", "import_ray", "run_local", "run_ray"]
+__all__ = ["Options", "RayPredictor", "decoded_batches", "import_ray", "run_local", "run_ray"]
+log = logging.getLogger(__name__)  # the command (cli/batch.py) shows these notes on stderr
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Options:
     decode_nice: int = 10
     device: str = "auto"
     variant: str = "auto"  # auto | fp32 | int8 | fp16 (imgcls.onnx_model.choose_variant)
+    decode: str = "auto"  # auto | cpu | gpu: JPEGs on nvImageCodec (imgcls.gpu_decode); auto: gpu when on CUDA
     progress: bool = True
     actors: int | None = None  # ray: actor pool size (None: cluster CPUs // actor_cpus)
     actor_cpus: float = 1.0  # ray: CPUs reserved per actor
@@ -40,13 +45,35 @@ def run_local(todo: list[str], model: OnnxClassifier, out: ResultsFile, opts: Op
     """Classify ``todo`` in this process: threads decode ahead, the main thread runs ONNX and writes."""
     with tqdm(total=len(todo), unit="img", desc="classifying", disable=not opts.progress, smoothing=0.05) as bar:
         done = 0
-        for ok, array, failures in preprocessed_batches(todo, model.preprocess, opts.batch_size, opts.workers,
-                                                        opts.prefetch, opts.decode_nice):
+        for ok, array, failures in decoded_batches(todo, model, opts):
             n = len(ok) + len(failures)
             out.write(batch_rows(model, todo[done:done + n], [i - done for i in ok], array,
                                  {i - done: f for i, f in failures.items()}))
             done += n
             bar.update(n)
+
+
+def decoded_batches(todo: list[str], model: OnnxClassifier, opts: Options
+                    ) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, Failure]]]:
+    """``todo`` decoded and preprocessed in batches: JPEGs on the GPU when ``opts.decode`` asks for it (or is auto
+    and the model runs on CUDA and nvImageCodec can start), else on the CPU."""
+    decoder = None
+    if opts.decode == "gpu" or (opts.decode == "auto" and model.device == "cuda"):
+        try:
+            decoder = BatchDecoder(model.preprocess, nvimgcodec_decoder("gpu"), workers=opts.workers)
+        except GpuDecodeUnavailable as e:
+            if opts.decode == "gpu":
+                raise BatchError(f"--decode gpu: {e}") from e
+            log.warning("decoding on the CPU: %s", e)
+    if decoder is None:
+        yield from preprocessed_batches(todo, model.preprocess, opts.batch_size, opts.workers, opts.prefetch,
+                                        opts.decode_nice)
+        return
+    try:
+        yield from decoder.batches(todo, opts.batch_size, opts.prefetch)
+    finally:
+        decoder.close()
+        log.warning("decoded by nvImageCodec on the GPU: %s", decoder.stats)
 
 
 class RayPredictor:
