@@ -55,7 +55,9 @@ def nvimgcodec_decoder(backend: str = "gpu", threads: int = 0) -> Any:
             return nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=threads,
                                       backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
         if backend == "gpu":
-            return nvimgcodec.Decoder(device_id=0, max_num_cpu_threads=threads, backends=[
+            # fancy upsampling: chroma upsampled as libjpeg-turbo (the CPU path) does by default
+            return nvimgcodec.Decoder(device_id=0, max_num_cpu_threads=threads, options=":fancy_upsampling=1",
+                                      backends=[
                 nvimgcodec.Backend(nvimgcodec.BackendKind.GPU_ONLY),
                 nvimgcodec.Backend(nvimgcodec.BackendKind.HYBRID_CPU_GPU),
                 nvimgcodec.Backend(nvimgcodec.BackendKind.HW_GPU_ONLY)])

@@ -1,0 +1,1 @@
+"""The GPU run: prepared here (prepare), run there (run.sh)."""
