@@ -218,10 +218,10 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def http(artifacts: Path, device: str, photos: Path, clients: list[int], requests: int, processes: int,
-         log_dir: Path, server_env: dict[str, str]) -> dict[str, Any]:
+def http(artifacts: Path, device: str, photos: Path, clients: list[int], requests: int, seconds: float,
+         processes: int, log_dir: Path, server_env: dict[str, str]) -> dict[str, Any]:
     """``imgcls serve`` with ``DEVICE=device``; refuses to measure unless ``/model`` reports the CUDA provider in
-    use (on CUDA); then JPEG -> label under each number of clients."""
+    use (on CUDA); then JPEG -> label under each number of clients (``requests`` or ``seconds``, what ends first)."""
     import httpx
 
     from bench.gpu import load
@@ -233,20 +233,36 @@ def http(artifacts: Path, device: str, photos: Path, clients: list[int], request
     log = Path("/tmp/gpu-bench/server.log")  # one line per request: only its tail comes back
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with server_process(cmd, port, env, log, timeout=180) as url:
+        with server_process(cmd, port, env, log, probe="/livez", timeout=120) as url:
+            wait_for_model(url, timeout=180)
             runtime = httpx.get(f"{url}/model", timeout=30).json().get("runtime", {})
             out["model_runtime"] = runtime
             if device == "cuda" and "CUDAExecutionProvider" not in runtime.get("providers", []):
                 raise RuntimeError(f"/model reports providers {runtime.get('providers')}: CUDA is not in use")
-            load.run(url, photos, min(16, clients[0]), max(200, requests // 10), processes)  # warm-up
+            load.run(url, photos, min(16, clients[0]), max(200, requests // 10), processes, seconds / 3)  # warm-up
             for c in clients:
                 with Sampler() as sampler:
-                    figures = load.run(url, photos, c, requests, processes)
+                    figures = load.run(url, photos, c, requests, processes, seconds)
                 out["loads"].append({**figures, **sampler.figures()})
         return out
     finally:
         if log.is_file():
             (log_dir / "server-tail.log").write_bytes(log.read_bytes()[-200_000:])
+
+
+def wait_for_model(url: str, timeout: float) -> None:
+    """Until ``/readyz`` answers 200; stops at once when ``/model`` says loading the model failed (a server whose
+    model cannot start on the device keeps answering 503, which would otherwise cost the whole timeout)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+        answer = httpx.get(f"{url}/model", timeout=10)
+        if answer.status_code == 503 and "none loaded yet" not in answer.text:
+            raise RuntimeError(f"the server could not load its model: {answer.text[:2000]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server had no model after {timeout:.0f} s: {answer.text[:2000]}")
+        time.sleep(0.5)
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -286,9 +302,6 @@ def main(argv: list[str] | None = None) -> int:
     if "model" in args.only:
         section("model_fp32", lambda: model_only(model_dir, args.device, "fp32", batches, seconds))
         section("model_fp16", lambda: model_only(model_dir, args.device, "fp16", batches, seconds))
-        if cuda:
-            section("model_tensorrt_fp16", lambda: model_only(model_dir, args.device, "fp16", batches, seconds,
-                                                              tensorrt=True))
     if "batch" in args.only:
         repeat, size, workers = (1, 8, 2) if quick else (30, 256, cores)
         section("batch_cpu_decode", lambda: batch_job(args.artifacts, args.device, args.photos, repeat, "cpu", size,
@@ -297,10 +310,13 @@ def main(argv: list[str] | None = None) -> int:
             section("batch_gpu_decode", lambda: batch_job(args.artifacts, args.device, args.photos, repeat, "gpu",
                                                           size, workers))
     if "http" in args.only:
-        clients, requests, procs = ([4, 8], 60, 2) if quick else ([64, 256], 20_000, max(2, cores // 4))
+        clients, requests, procs = ([4, 8], 60, 2) if quick else ([64, 256], 60_000, max(2, cores // 4))
         server_env = {} if quick else {"MAX_BATCH_SIZE": "128", "MAX_QUEUE": "2048"}
-        section("http", lambda: http(args.artifacts, args.device, args.photos, clients, requests, procs, args.out,
-                                     server_env))
+        section("http", lambda: http(args.artifacts, args.device, args.photos, clients, requests, 15, procs,
+                                     args.out, server_env))
+    if "model" in args.only and cuda:  # last: building engines may take minutes, and every other figure is in
+        section("model_tensorrt_fp16", lambda: model_only(model_dir, args.device, "fp16", batches, seconds,
+                                                          tensorrt=True))
     result["against_targets"] = against_targets(result)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")

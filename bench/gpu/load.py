@@ -3,8 +3,8 @@ bottleneck, not the server.
 
     python -m bench.gpu.load --url URL --photos DIR --clients 256 --requests 20000 --processes 8
 
-Each process runs ``clients / processes`` keep-alive connections posting raw JPEG bodies to ``/classify`` and reports
-every latency; the figures are computed over all of them, over the wall time from the first start to the last end.
+Each process runs ``clients / processes`` keep-alive connections posting raw JPEG bodies to ``/classify`` (until
+``--requests`` are done or ``--seconds`` have passed) and reports every latency; the figures are computed over all of them, over the wall time from the first start to the last end.
 """
 from __future__ import annotations
 
@@ -23,17 +23,20 @@ def bodies(photos: Path) -> list[bytes]:
     return [p.read_bytes() for p in sorted(photos.rglob("*.jpg"))]
 
 
-async def _one_process(url: str, data: list[bytes], clients: int, total: int, offset: int) -> dict:
+async def _one_process(url: str, data: list[bytes], clients: int, total: int, offset: int, seconds: float) -> dict:
     import aiohttp
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = iter(range(total))
+    deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def client() -> None:
             for i in counter:
                 start = time.perf_counter()
+                if start > deadline:
+                    break
                 async with session.post(f"{url}/classify", data=data[(offset + i) % len(data)],
                                         headers={"Content-Type": "image/jpeg"}) as r:
                     await r.read()
@@ -45,8 +48,9 @@ async def _one_process(url: str, data: list[bytes], clients: int, total: int, of
     return {"start": start, "end": time.time(), "latencies": latencies, "statuses": statuses}
 
 
-def run(url: str, photos: Path, clients: int, requests: int, processes: int) -> dict:
-    """Load ``url`` from ``processes`` child processes; p50/p99 over every request, requests/s over the wall time."""
+def run(url: str, photos: Path, clients: int, requests: int, processes: int, seconds: float = 600) -> dict:
+    """Load ``url`` from ``processes`` child processes until ``requests`` are done or ``seconds`` have passed;
+    p50/p99 over every request, requests/s over the wall time."""
     processes = max(1, min(processes, clients))
     procs = []
     for k in range(processes):
@@ -54,7 +58,8 @@ def run(url: str, photos: Path, clients: int, requests: int, processes: int) -> 
         share = requests // processes + (k < requests % processes)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "bench.gpu.load", "--child", "--url", url, "--photos", str(photos),
-             "--clients", str(share_clients), "--requests", str(share), "--offset", str(k * 7919)],
+             "--clients", str(share_clients), "--requests", str(share), "--offset", str(k * 7919),
+             "--seconds", str(seconds)],
             stdout=subprocess.PIPE))
     parts = []
     for p in procs:
@@ -81,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=64)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--processes", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=600, help="stop starting requests after this long")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        result = asyncio.run(_one_process(args.url, bodies(args.photos), args.clients, args.requests, args.offset))
+        result = asyncio.run(_one_process(args.url, bodies(args.photos), args.clients, args.requests, args.offset,
+                                          args.seconds))
         json.dump(result, sys.stdout)
     else:
-        print(json.dumps(run(args.url, args.photos, args.clients, args.requests, args.processes), indent=1))
+        print(json.dumps(run(args.url, args.photos, args.clients, args.requests, args.processes, args.seconds),
+                         indent=1))
     return 0
 
 

@@ -5,13 +5,15 @@
 # installs them into /tmp/site (not the system's site-packages), makes the machine's CUDA libraries (torch's pip
 # packages) findable, runs the GPU tests and the benchmarks, and writes JSON to $OUT.
 # Environment: DEVICE (cuda, default; cpu for the plumbing test), QUICK=1 (small sizes), OUT (default .gpu/out),
-# PYTHON (default python3), GPU_BENCH_ARTIFACTS / GPU_BENCH_PHOTOS (default .gpu/artifacts, .gpu/photos).
+# PYTHON (default python3), GPU_STAGE / GPU_SITE (default /tmp/gpu-stage, /tmp/site),
+# GPU_BENCH_ARTIFACTS / GPU_BENCH_PHOTOS (default .gpu/artifacts, .gpu/photos).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-$PWD/.gpu/out}
 STAGE=${GPU_STAGE:-/tmp/gpu-stage}
+SITE=${GPU_SITE:-/tmp/site}
 ARTIFACTS=${GPU_BENCH_ARTIFACTS:-.gpu/artifacts}
 PHOTOS=${GPU_BENCH_PHOTOS:-.gpu/photos}
 mkdir -p "$OUT"
@@ -22,9 +24,9 @@ if [ -n "${1:-}" ]; then
 fi
 if [ -f "$STAGE/MANIFEST.json" ]; then
   t0=$(date +%s)
-  "$PY" -m bench.gpu.wheels install --stage "$STAGE" --target /tmp/site
+  "$PY" -m bench.gpu.wheels install --stage "$STAGE" --target "$SITE"
   echo "install: $(( $(date +%s) - t0 )) s"
-  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 else
   echo "no $STAGE/MANIFEST.json: using this Python's own packages"
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
