@@ -36,7 +36,8 @@ PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_24_x8
 TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
           *[a for p in PLATFORMS for a in ("--platform", p)]]
 # Beyond the serve-gpu extra: GPU JPEG decoding and its nvJPEG library, the load generator, the live-server helper.
-EXTRA = ["nvidia-nvimgcodec-cu13==0.9.0.20", "nvidia-nvjpeg", "aiohttp>=3.9", "httpx>=0.27"]
+# nvJPEG of CUDA 13.0, the machine's CUDA runtime (torch 2.11+cu130; driver 580 is CUDA 13.0).
+EXTRA = ["nvidia-nvimgcodec-cu13==0.9.0.20", "nvidia-nvjpeg~=13.0.0", "aiohttp>=3.9", "httpx>=0.27"]
 # Binary packages the GPU machine already has, built against its other packages: theirs are used, not carried.
 # Its CUDA 13 runtime, cuBLAS and cuDNN (torch's pip packages) serve onnxruntime-gpu, hence no [cuda,cudnn] extras.
 MACHINE_HAS = {"numpy", "pillow"}

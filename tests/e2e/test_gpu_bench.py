@@ -35,10 +35,12 @@ def test_the_gpu_run_runs_end_to_end_on_the_cpu(trained: Path, tmp_path: Path) -
     assert result["model_fp16"]["variant"] == "fp16"
     job = result["batch_cpu_decode"]
     assert job["rows"] == job["images"] == 24 and job["errors"] == 0 and job["label_matches_folder"] >= 0.9
-    assert result["http"]["model_runtime"]["providers"] == ["CPUExecutionProvider"]
-    loads = result["http"]["loads"]
-    assert [x["clients"] for x in loads] == [4, 8]
-    assert all(x["non_200"] == 0 and x["requests"] == 60 and x["p99_ms"] >= x["p50_ms"] > 0 for x in loads)
+    for name in ("http", "http_workers"):
+        assert result[name]["model_runtime"]["providers"] == ["CPUExecutionProvider"]
+        loads = result[name]["loads"]
+        assert [x["clients"] for x in loads] == [4, 8]
+        assert all(x["non_200"] == 0 and x["requests"] == 60 and x["p99_ms"] >= x["p50_ms"] > 0 for x in loads)
+        assert (out / f"server-{name}.log").stat().st_size > 0
+    assert "services.image_classifier.workers=2" in (out / "server-http_workers.log").read_text()
     targets = result["against_targets"]
     assert targets["batch_job_img_s"] == {"target": 5000, "measured": job["img_s"]}
-    assert (out / "server-tail.log").stat().st_size > 0
