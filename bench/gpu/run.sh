@@ -45,7 +45,7 @@ PY
 )
   export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   nvidia-smi -L | tee "$OUT/nvidia-smi.txt"
-  "$PY" -c "import onnxruntime as o, nvidia.nvimgcodec as n; print('onnxruntime', o.__version__, o.get_available_providers())"
+  "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" || true
 
   # The GPU decoding tests: nvImageCodec against the CPU path on the carried photos and model.
   GPU_BENCH_ARTIFACTS=$ARTIFACTS GPU_BENCH_PHOTOS=$PHOTOS "$PY" -m pytest -q -p no:cacheprovider -r s \

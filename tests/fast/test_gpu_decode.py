@@ -75,7 +75,7 @@ def test_batches_match_the_cpu_path_index_for_index(tmp_path: Path, backend: str
         decoder.close()
     want = list(preprocessed_batches(paths, PRE, batch_size=7))
     assert len(got) == len(want) == 3
-    for (ok, array, failures), (ok_cpu, array_cpu, failures_cpu) in zip(got, want):
+    for (ok, array, failures), (ok_cpu, array_cpu, failures_cpu) in zip(got, want, strict=True):
         assert ok == ok_cpu
         assert failures == failures_cpu  # same indices, reasons and details
         if backend == "cpu":  # libjpeg-turbo on both sides: the same pixels
