@@ -114,9 +114,10 @@ class BatchDecoder:
         decoded = self._decode_on_nvimgcodec([data[i] for i in gpu])
         self.stats["gpu"] += sum(d is not None for d in decoded)
         self.stats["gpu_failed"] += sum(d is None for d in decoded)
-        cpu += [i for i, d in zip(gpu, decoded, strict=True) if d is None]  # nvImageCodec's failures: the CPU path says why
+        pairs = list(zip(gpu, decoded, strict=True))
+        cpu += [i for i, d in pairs if d is None]  # nvImageCodec's failures: the CPU path says why
         self.stats["cpu"] += len(cpu)
-        jobs = [self._pool.submit(self._finish, d, out[i]) for i, d in zip(gpu, decoded, strict=True) if d is not None]
+        jobs = [self._pool.submit(self._finish, d, out[i]) for i, d in pairs if d is not None]
         cpu_jobs = {i: self._pool.submit(load_into, data[i], self.preprocess, out[i]) for i in cpu}
         for job in jobs:
             job.result()
