@@ -4,7 +4,8 @@ bottleneck, not the server.
     python -m bench.gpu.load --url URL --photos DIR --clients 256 --requests 20000 --processes 8
 
 Each process runs ``clients / processes`` keep-alive connections posting raw JPEG bodies to ``/classify`` (until
-``--requests`` are done or ``--seconds`` have passed) and reports every latency; the figures are computed over all of them, over the wall time from the first start to the last end.
+``--requests`` are done or ``--seconds`` have passed) and reports every latency; the figures are computed over all
+of them, over the wall time from the first start to the last end.
 """
 from __future__ import annotations
 
