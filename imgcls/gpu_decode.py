@@ -2,7 +2,7 @@
 (:mod:`imgcls.images` + :mod:`imgcls.preprocess`) as fallback and as the reference.
 
 Every input is first checked exactly as the CPU path checks it (:func:`imgcls.images.open_image`: the same limits
-and error codes). Only baseline RGB or grayscale JPEGs that the CPU path would decode at full scale (no ``draft``
+and error codes). Only complete RGB or grayscale JPEGs that the CPU path would decode at full scale (no ``draft``
 reduction) and without an EXIF rotation go to nvImageCodec in one batched call; everything else, and every image
 nvImageCodec fails on, takes the CPU path, so an image gets the same answer, or the same error, either way.
 
@@ -66,10 +66,14 @@ def nvimgcodec_decoder(backend: str = "gpu", threads: int = 0) -> Any:
     raise ValueError(f"backend must be gpu or cpu, not {backend!r}")
 
 
-def gpu_eligible(img: Image.Image, draft_size: int) -> bool:
-    """An image (header read, nothing decoded) that nvImageCodec decodes to the CPU path's pixels: a JPEG in RGB or
-    grayscale, no EXIF rotation, and small enough that the CPU path would not decode it at reduced scale."""
+def gpu_eligible(img: Image.Image, data: bytes, draft_size: int) -> bool:
+    """An image (``data``, its header read into ``img``, nothing decoded) that nvImageCodec decodes to the CPU
+    path's pixels: a complete JPEG (it ends with the end-of-image marker: the CPU path refuses truncated files, and
+    whether nvJPEG does is not known) in RGB or grayscale, no EXIF rotation, and small enough that the CPU path would
+    not decode it at reduced scale."""
     if not isinstance(img, JpegImagePlugin.JpegImageFile) or img.mode not in ("RGB", "L"):
+        return False
+    if not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
         return False
     w, h = img.size
     if min(w // draft_size, h // draft_size) >= 2:  # Pillow's draft() would pick a 1/2..1/8 DCT scale
@@ -131,7 +135,7 @@ class BatchDecoder:
         try:
             data = Path(item).read_bytes() if isinstance(item, (str, Path)) else item
             img = open_image(data, max_pixels=self.limits.max_pixels, max_pixels_full=self.limits.max_pixels_full)
-            return data, gpu_eligible(img, self.preprocess.resize_size)
+            return data, gpu_eligible(img, data, self.preprocess.resize_size)
         except ImageError as e:
             return Failure(e.reason, e.message)
         except FileNotFoundError:

@@ -48,7 +48,7 @@ PY
   "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" || true
 
   # The GPU decoding tests: nvImageCodec against the CPU path on the carried photos and model.
-  GPU_BENCH_ARTIFACTS=$ARTIFACTS GPU_BENCH_PHOTOS=$PHOTOS "$PY" -m pytest -q -p no:cacheprovider -r s \
+  GPU_BENCH_ARTIFACTS=$ARTIFACTS GPU_BENCH_PHOTOS=$PHOTOS "$PY" -m pytest -q -p no:cacheprovider -rA \
     tests/fast/test_gpu_decode.py tests/e2e/test_gpu_decode_parity.py 2>&1 | tee "$OUT/gpu-tests.txt" || true
 fi
 

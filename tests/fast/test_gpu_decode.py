@@ -38,18 +38,25 @@ def backend(request) -> str:
 
 
 def cut(jpeg: bytes) -> bytes:
-    """The first two thirds of a JPEG: its header reads, so it goes to nvImageCodec, which fails on it."""
+    """The first two thirds of a JPEG: its header reads, but it lacks the end-of-image marker."""
     return jpeg[: len(jpeg) * 2 // 3]
 
 
+def bogus_huffman(jpeg: bytes) -> bytes:
+    """A complete JPEG with a broken Huffman table: its header reads, so it goes to nvImageCodec, which fails."""
+    at = jpeg.find(b"\xff\xc4") + 5
+    return jpeg[:at] + b"\xff" * 4 + jpeg[at + 4:]
+
+
 def mixed_files(folder: Path) -> list[str]:
-    """JPEGs with, in the middle, a text file, a truncated JPEG, a PNG, a grayscale JPEG, a JPEG large enough for
+    """JPEGs with, in the middle, a text file, a truncated JPEG, one with a broken Huffman table, a PNG, a grayscale JPEG, a JPEG large enough for
     reduced-scale decoding, a rotated one (EXIF) and a missing path."""
     files = []
     for i in range(10):
         files.append(folder / f"ok{i}.jpg")
         files[-1].write_bytes(synthetic.image_bytes("red", i))
     odd = {"text.jpg": b"not an image\n", "cut.jpg": cut(synthetic.image_bytes("blue", 1, size=(80, 60))),
+           "huffman.jpg": bogus_huffman(synthetic.image_bytes("blue", 6)),
            "flat.png": synthetic.image_bytes("green", 2, "PNG"), "big.jpg": synthetic.image_bytes("blue", 3,
                                                                                                 size=(200, 120))}
     gray = io.BytesIO()
@@ -83,9 +90,10 @@ def test_batches_match_the_cpu_path_index_for_index(tmp_path: Path, backend: str
         else:  # nvJPEG's IDCT rounds differently: a few levels of 255 at most
             assert np.abs(array - array_cpu).mean() < 2 * (2 / 255)
     reasons = {Path(paths[i]).name: f.reason for _, _, fs in got for i, f in fs.items()}
-    assert reasons == {"text.jpg": "not_an_image", "cut.jpg": "corrupt", "missing.jpg": "not_found"}
-    # the PNG, the large and the rotated JPEG took the CPU path; the truncated JPEG too, after nvImageCodec failed
-    assert decoder.stats == {"gpu": 11, "gpu_failed": 1, "cpu": 4, "one_by_one": 0}
+    assert reasons == {"text.jpg": "not_an_image", "cut.jpg": "corrupt", "huffman.jpg": "corrupt",
+                       "missing.jpg": "not_found"}
+    # the PNG, the large, the rotated and the truncated JPEG took the CPU path; the broken one too, after nvImageCodec
+    assert decoder.stats == {"gpu": 11, "gpu_failed": 1, "cpu": 5, "one_by_one": 0}
 
 
 class DroppingDecoder:
@@ -101,7 +109,7 @@ class DroppingDecoder:
 
 def test_a_decoder_that_drops_failures_is_mapped_back_one_by_one(tmp_path: Path) -> None:
     good = [synthetic.image_bytes("red", i) for i in range(4)]
-    items = [good[0], good[1], cut(good[0]), good[2], good[3]]
+    items = [good[0], good[1], bogus_huffman(good[0]), good[2], good[3]]
     decoder = BatchDecoder(PRE, DroppingDecoder(decoder_or_skip("cpu")))
     out = np.full((5, 3, 32, 32), np.nan, np.float32)
     try:
@@ -146,8 +154,8 @@ def test_batch_job_decode_gpu_is_refused_without_a_gpu_and_auto_decodes_on_the_c
                       opts=Options(decode="auto", progress=False, batch_size=4))
     assert summary["inputs"] == len(paths) - 1  # the missing path is not found by the folder walk
     rows = [json.loads(line) for line in (tmp_path / "auto.jsonl").read_text().splitlines()]
-    assert {Path(r["path"]).name: r["error"] for r in rows if r["error"]} == {"text.jpg": "not_an_image",
-                                                                              "cut.jpg": "corrupt"}
+    assert {Path(r["path"]).name: r["error"] for r in rows if r["error"]} == {
+        "text.jpg": "not_an_image", "cut.jpg": "corrupt", "huffman.jpg": "corrupt"}
 
 
 def test_tensorrt_gets_its_engine_cache_and_the_fp16_flag(tmp_path: Path) -> None:
