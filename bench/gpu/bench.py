@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from imgcls.live_server import free_port, server_process
 from imgcls.registry import PROJECT_ROOT, Registry
+from tests.live_server import free_port, server_process
 
 # Issue 19's targets on one H200 (EfficientNet-Lite0).
 TARGETS = {"model_only_fp16_b256_img_s": 20_000, "batch_job_img_s": 5_000, "http_256_rps": 3_000,
@@ -82,52 +82,43 @@ def model_only(model_dir: Path, device: str, variant: str, batches: list[int], s
 
     from imgcls.onnx_model import OnnxClassifier
 
-    env = {"ORT_TENSORRT": "1", "ORT_TRT_CACHE_DIR": str(TRT_CACHE)} if tensorrt else {}
-    old = {k: os.environ.get(k) for k in env}
+    cache = TRT_CACHE if tensorrt else None
     if tensorrt:
         shutil.rmtree(TRT_CACHE, ignore_errors=True)
-    os.environ.update(env)
-    try:
+    start = time.perf_counter()
+    clf = OnnxClassifier(model_dir, device=device, variant=variant, tensorrt_cache=cache)
+    out: dict[str, Any] = {"variant": clf.variant, "providers": clf.providers, "tensorrt_asked": tensorrt,
+                           "session_s": round(time.perf_counter() - start, 2), "batches": {}}
+    s = clf.preprocess.input_size
+    rng = np.random.default_rng(0)
+    for n in batches:
+        x = rng.standard_normal((n, 3, s, s), dtype=np.float32)
+        first = time.perf_counter()
+        clf.predict(x)  # with TensorRT: builds (or loads) the engine for this shape
+        row: dict[str, Any] = {"first_run_s": round(time.perf_counter() - first, 3)}
+        iters, wall = timed(lambda x=x: clf.predict(x), seconds)
+        row["host_img_s"] = round(iters * n / wall, 1)
+        row["host_batch_ms"] = round(wall / iters * 1000, 3)
+        if clf.device == "cuda":
+            on_device = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+            binding = clf.session.io_binding()
+            binding.bind_ortvalue_input(clf.input_name, on_device)
+            binding.bind_output("probabilities", "cuda")
+            iters, wall = timed(lambda b=binding: clf.session.run_with_iobinding(b), seconds)
+            row["device_img_s"] = round(iters * n / wall, 1)
+            row["device_batch_ms"] = round(wall / iters * 1000, 3)
+            feed = {clf.input_name: x}
+            iters, wall = timed(lambda f=feed: clf.session.run(["probabilities"], f), seconds)
+            row["session_run_img_s"] = round(iters * n / wall, 1)  # no I/O binding: for comparison
+        out["batches"][str(n)] = row
+    if tensorrt:
+        del clf
         start = time.perf_counter()
-        clf = OnnxClassifier(model_dir, device=device, variant=variant)
-        out: dict[str, Any] = {"variant": clf.variant, "providers": clf.providers, "tensorrt_asked": tensorrt,
-                               "session_s": round(time.perf_counter() - start, 2), "batches": {}}
-        s = clf.preprocess.input_size
-        rng = np.random.default_rng(0)
-        for n in batches:
-            x = rng.standard_normal((n, 3, s, s), dtype=np.float32)
-            first = time.perf_counter()
-            clf.predict(x)  # with TensorRT: builds (or loads) the engine for this shape
-            row: dict[str, Any] = {"first_run_s": round(time.perf_counter() - first, 3)}
-            iters, wall = timed(lambda x=x: clf.predict(x), seconds)
-            row["host_img_s"] = round(iters * n / wall, 1)
-            row["host_batch_ms"] = round(wall / iters * 1000, 3)
-            if clf.device == "cuda":
-                on_device = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
-                binding = clf.session.io_binding()
-                binding.bind_ortvalue_input(clf.input_name, on_device)
-                binding.bind_output("probabilities", "cuda")
-                iters, wall = timed(lambda b=binding: clf.session.run_with_iobinding(b), seconds)
-                row["device_img_s"] = round(iters * n / wall, 1)
-                row["device_batch_ms"] = round(wall / iters * 1000, 3)
-                feed = {clf.input_name: x}
-                iters, wall = timed(lambda f=feed: clf.session.run(["probabilities"], f), seconds)
-                row["session_run_img_s"] = round(iters * n / wall, 1)  # no I/O binding: for comparison
-            out["batches"][str(n)] = row
-        if tensorrt:
-            del clf
-            start = time.perf_counter()
-            warm = OnnxClassifier(model_dir, device=device, variant=variant)
-            warm.predict(np.zeros((batches[-1], 3, s, s), np.float32))
-            out["start_from_engine_cache_s"] = round(time.perf_counter() - start, 2)
-            out["engine_cache_files"] = sorted(p.name for p in TRT_CACHE.glob("*"))
-        return out
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        warm = OnnxClassifier(model_dir, device=device, variant=variant, tensorrt_cache=cache)
+        warm.predict(np.zeros((batches[-1], 3, s, s), np.float32))
+        out["start_from_engine_cache_s"] = round(time.perf_counter() - start, 2)
+        out["engine_cache_files"] = sorted(p.name for p in TRT_CACHE.glob("*"))
+    return out
 
 
 # -- the batch job ------------------------------------------------------------------------------------------------
@@ -155,7 +146,7 @@ def batch_job(artifacts: Path, device: str, photos: Path, repeat: int, decode: s
     n = repeated_photos(photos, repeat, work / "in")
     output = work / "out.jsonl"
     output.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "imgcls", "batch", "--input", str(work / "in"), "--output", str(output),
+    cmd = [sys.executable, "-m", "cli", "batch", "--input", str(work / "in"), "--output", str(output),
            "--artifacts", str(artifacts), "--device", device, "--decode", decode, "--batch-size", str(batch_size),
            "--workers", str(workers), "--no-progress"]
     start = time.perf_counter()
@@ -231,7 +222,7 @@ def http(artifacts: Path, device: str, photos: Path, clients: list[int], request
     providers_for(device)  # DEVICE=cuda with a CPU build of onnxruntime: the server would never come up
     port = free_port()
     env = {"ARTIFACTS_DIR": str(artifacts), "DEVICE": device, "MODEL_POLL_S": "0", **server_env}
-    cmd = [sys.executable, "-m", "imgcls", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     out: dict[str, Any] = {"server_env": env, "loads": []}
     log = Path("/tmp/gpu-bench/server.log")  # one line per request: only its tail comes back
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ import tomllib
 from pathlib import Path
 
 from bench.gpu.wheels import MANIFEST, sha256, split
-from imgcls.registry import METADATA_FILE, PROJECT_ROOT, Registry
+from imgcls.metadata import METADATA_FILE
+from imgcls.registry import PROJECT_ROOT, Registry
 from training.data import SHARED_DATA
 
 GPU = PROJECT_ROOT / ".gpu"
