@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -173,7 +174,7 @@ class Sampler:
         self._stop = threading.Event()
         self._smi: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self.cpu_start = _cpu_times()
         if shutil.which("nvidia-smi"):
             self._smi = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
@@ -216,7 +217,6 @@ def http(artifacts: Path, device: str, photos: Path, clients: list[int], request
     import httpx
 
     from bench.gpu import load
-
     from imgcls.onnx_model import providers_for
 
     providers_for(device)  # DEVICE=cuda with a CPU build of onnxruntime: the server would never come up

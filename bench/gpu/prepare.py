@@ -18,8 +18,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from bench.gpu.wheels import MANIFEST, sha256, split
 from imgcls.metadata import METADATA_FILE

@@ -20,7 +20,7 @@ from tests import synthetic
 
 nvimgcodec = pytest.importorskip("nvidia.nvimgcodec", reason="nvidia-nvimgcodec-cu13 is not installed")
 
-from imgcls.gpu_decode import BatchDecoder, GpuDecodeUnavailable, nvimgcodec_decoder
+from imgcls.gpu_decode import BatchDecoder, GpuDecodeUnavailable, nvimgcodec_decoder  # noqa: E402
 
 PRE = Preprocess(input_size=32, resize_size=40, mean=(0.5,) * 3, std=(0.5,) * 3)
 
@@ -49,8 +49,8 @@ def bogus_huffman(jpeg: bytes) -> bytes:
 
 
 def mixed_files(folder: Path) -> list[str]:
-    """JPEGs with, in the middle, a text file, a truncated JPEG, one with a broken Huffman table, a PNG, a grayscale JPEG, a JPEG large enough for
-    reduced-scale decoding, a rotated one (EXIF) and a missing path."""
+    """JPEGs with, in the middle, a text file, a truncated JPEG, one with a broken Huffman table, a PNG, a grayscale
+    JPEG, a JPEG large enough for reduced-scale decoding, a rotated one (EXIF) and a missing path."""
     files = []
     for i in range(10):
         files.append(folder / f"ok{i}.jpg")
