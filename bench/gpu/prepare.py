@@ -181,8 +181,11 @@ def plan_markdown(p: dict) -> str:
     for c in p["calls"]:
         lines += [f"{c['call']}. `run` command=`{c['command']}` carry={json.dumps(c['carry'])} "
                   f"timeout_s={c['timeout_s']}  ({c['mib']} MiB)"]
-    lines += ["", "If a staging call fails (transfer), repeat it at once; if the machine went back (more than 30 s "
-              "idle), start again from call 1: /tmp does not survive. Then `give_back`.", ""]
+    lines += ["", ("Make each call as soon as the previous one returns, looking only at its `rc` (0) and its "
+                   "'staged N files' line: after 30 s idle the machine goes back and /tmp with it. If a staging call "
+                   "fails (transfer), repeat it at once; if the machine went back, start again from call 1. The last "
+                   "call's files come back under files_at: keep gpu-cuda.json as bench/results/gpu-h200.json. "
+                   "Then `give_back`."), ""]
     return "\n".join(lines)
 
 
