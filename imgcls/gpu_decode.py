@@ -98,7 +98,7 @@ class BatchDecoder:
         self._nvimgcodec = nvimgcodec
         self._params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.SRGB, apply_exif_orientation=False)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="gpu-decode")
-        self.stats = {"gpu": 0, "cpu": 0, "gpu_failed": 0, "one_by_one": 0}
+        self.stats = {"nvimgcodec": 0, "nvimgcodec_failed": 0, "cpu": 0, "one_by_one": 0}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -117,8 +117,8 @@ class BatchDecoder:
                 data[i], on_gpu = routed
                 (gpu if on_gpu else cpu).append(i)
         decoded = self._decode_on_nvimgcodec([data[i] for i in gpu])
-        self.stats["gpu"] += sum(d is not None for d in decoded)
-        self.stats["gpu_failed"] += sum(d is None for d in decoded)
+        self.stats["nvimgcodec"] += sum(d is not None for d in decoded)
+        self.stats["nvimgcodec_failed"] += sum(d is None for d in decoded)
         pairs = list(zip(gpu, decoded, strict=True))
         cpu += [i for i, d in pairs if d is None]  # nvImageCodec's failures: the CPU path says why
         self.stats["cpu"] += len(cpu)

@@ -122,6 +122,37 @@ def model_only(model_dir: Path, device: str, variant: str, batches: list[int], s
     return out
 
 
+# -- decoding alone -----------------------------------------------------------------------------------------------
+
+def decoding(photos: Path, preprocess_of: Path, cuda: bool, workers: int, repeat: int) -> dict[str, Any]:
+    """Decode + preprocess images/s over the photos (``repeat`` passes), no model: the CPU path (Pillow, ``workers``
+    threads) against :class:`BatchDecoder` on nvImageCodec's CPU backend and, on CUDA, its GPU backend."""
+    from imgcls.gpu_decode import BatchDecoder, GpuDecodeUnavailable, nvimgcodec_decoder
+    from imgcls.loader import preprocessed_batches
+    from imgcls.registry import verify
+
+    pre = verify(preprocess_of).preprocessing
+    paths = [str(p) for p in sorted(photos.rglob("*.jpg"))] * repeat
+    out: dict[str, Any] = {"images": len(paths), "workers": workers}
+    start = time.perf_counter()
+    n = sum(len(ok) for ok, _, _ in preprocessed_batches(paths, pre, 256, workers, 2))
+    out["cpu_pillow_img_s"] = round(n / (time.perf_counter() - start), 1)
+    for backend in ("cpu", "gpu") if cuda else ("cpu",):
+        try:
+            decoder = BatchDecoder(pre, nvimgcodec_decoder(backend), workers=workers)
+        except GpuDecodeUnavailable as e:
+            out[f"nvimgcodec_{backend}"] = f"unavailable: {e}"
+            continue
+        try:
+            start = time.perf_counter()
+            n = sum(len(ok) for ok, _, _ in decoder.batches(paths, 256))
+            out[f"nvimgcodec_{backend}_img_s"] = round(n / (time.perf_counter() - start), 1)
+            out[f"nvimgcodec_{backend}_stats"] = dict(decoder.stats)
+        finally:
+            decoder.close()
+    return out
+
+
 # -- the batch job ------------------------------------------------------------------------------------------------
 
 def repeated_photos(photos: Path, repeat: int, dest: Path) -> int:
@@ -268,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=Path, default=PROJECT_ROOT / ".gpu" / "photos")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--quick", action="store_true", help="small sizes: the plumbing, not the figures")
-    p.add_argument("--only", nargs="*", default=["env", "model", "batch", "http"],
-                   help="sections to run (env model batch http)")
+    p.add_argument("--only", nargs="*", default=["env", "model", "decode", "batch", "http"],
+                   help="sections to run (env model decode batch http)")
     args = p.parse_args(argv)
     quick, cuda = args.quick, args.device == "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
@@ -296,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if "model" in args.only:
         section("model_fp32", lambda: model_only(model_dir, args.device, "fp32", batches, seconds))
         section("model_fp16", lambda: model_only(model_dir, args.device, "fp16", batches, seconds))
+    if "decode" in args.only:
+        section("decoding", lambda: decoding(args.photos, model_dir, cuda, 2 if quick else cores, 1 if quick else 10))
     if "batch" in args.only:
         repeat, size, workers = (1, 8, 2) if quick else (30, 256, cores)
         section("batch_cpu_decode", lambda: batch_job(args.artifacts, args.device, args.photos, repeat, "cpu", size,

@@ -33,6 +33,7 @@ def test_the_gpu_run_runs_end_to_end_on_the_cpu(trained: Path, tmp_path: Path) -
         assert result[name]["providers"] == ["CPUExecutionProvider"]
         assert all(row["host_img_s"] > 0 for row in result[name]["batches"].values())
     assert result["model_fp16"]["variant"] == "fp16"
+    assert result["decoding"]["images"] == 24 and result["decoding"]["cpu_pillow_img_s"] > 0
     job = result["batch_cpu_decode"]
     assert job["rows"] == job["images"] == 24 and job["errors"] == 0 and job["label_matches_folder"] >= 0.9
     for name in ("http", "http_workers"):

@@ -93,7 +93,7 @@ def test_batches_match_the_cpu_path_index_for_index(tmp_path: Path, backend: str
     assert reasons == {"text.jpg": "not_an_image", "cut.jpg": "corrupt", "huffman.jpg": "corrupt",
                        "missing.jpg": "not_found"}
     # the PNG, the large, the rotated and the truncated JPEG took the CPU path; the broken one too, after nvImageCodec
-    assert decoder.stats == {"gpu": 11, "gpu_failed": 1, "cpu": 5, "one_by_one": 0}
+    assert decoder.stats == {"nvimgcodec": 11, "nvimgcodec_failed": 1, "cpu": 5, "one_by_one": 0}
 
 
 class DroppingDecoder:
