@@ -1,19 +1,23 @@
-"""This service against its peers, side by side: the same photos, load generator, model and CPU, in one run.
+"""This service against its peers, side by side: the same photos, load generator, model file and CPU, in one run.
 
-    python -m bench.bench_peers [--model current] [--artifacts DIR] [--duration 20] [--clients 16,64] [--rounds 1]
-                                [--peers service-fp32,service-int8,bentoml-example,litserve,rayserve,torchserve]
+    python -m bench.bench_peers [--model current] [--artifacts DIR] [--duration 20] [--clients 16,64] [--rounds 2]
+                                [--peers service,bentoml-example,litserve] [--pin 0 --pin 0,1]
                                 [--json bench/results/peers.json]
 
 Each server starts in turn as a subprocess, is warmed up, answers one non-image (its status is recorded), then
 takes ``--duration`` seconds of load from ``bench.common.load`` at each client count: multipart uploads of the
-project's test photos in the form field ``image``. Every peer but TorchServe serves the version's ``model.onnx``
-with the project's decoding and preprocessing (ONNX Runtime threads = cores, batches of up to 32 within 5 ms);
-TorchServe runs the version's torch checkpoint in its image-classifier handler. On a shared machine use
-``--rounds 3``: each server runs that many times, in alternating order, and its median round is reported.
+project's test photos in the form field ``image``. Every ONNX server runs the same file: the variant the service's
+``MODEL_VARIANT=auto`` picks on this machine (int8 on a VNNI/AMX CPU), with the project's decoding and preprocessing
+(ONNX Runtime threads = cores, batches of up to 32 within 5 ms); TorchServe runs the version's torch checkpoint.
+Beside requests/s and latencies: the server's CPU per request, the utime + stime of its whole process tree (read
+from ``/proc`` before and after the load), and the in-process pipeline's CPU per image (decode, preprocess, ONNX
+Runtime at its best batch size, no HTTP; measured last in the same run). Every figure is also a ratio to LitServe's
+in the same round. ``--rounds N``: each server runs N times in alternating order and its median round is reported.
+``--pin CPUS`` (repeatable): every server runs once per CPU list under ``taskset -c CPUS``. The machine's load
+average before and after goes into the JSON (a shared machine moves these figures).
 ``--json`` also draws a chart beside the JSON file (``bench/plot_peers.py``).
-Target (printed): this service >= 2x the best peer's requests/s at equal or lower p99. Also printed: the in-process
-ceiling, this project's pipeline with no HTTP at all (measured last, in the same run), against the best peer: no
-server with this model on this machine can pass it.
+Targets (printed): this service >= 1.0x LitServe's requests/s at p99 no worse; its CPU per request <= 1.1x the
+in-process pipeline's CPU per image; with several ``--pin`` lists, each layout's requests/s against the first's.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +38,19 @@ from pathlib import Path
 import httpx
 
 from bench.common import load, test_photos
+from bench.proc_cpu import TAG, cpu_seconds_between, tree_ticks
+from imgcls.metadata import ModelCard
+from imgcls.onnx_model import available_variants, choose_variant, cpu_has_int8_dot
 from imgcls.registry import PROJECT_ROOT as ROOT
-from imgcls.registry import Registry
+from imgcls.registry import VARIANT_FILES, Registry
 from tests.live_server import free_port
 from tests.live_server import server_process as server
 
 FIELD = "image"  # every server takes the photo as this multipart form field
 TORCHSERVE_DIR = ROOT / "bench" / "peers" / "torchserve"
-TARGET_RATIO = 2.0
+BASELINE = "litserve"
+TARGET_RPS_RATIO = 1.0  # this service's requests/s against LitServe's, p99 no worse
+TARGET_CPU_RATIO = 1.1  # this service's CPU per request against the in-process pipeline's per image
 
 
 @dataclass
@@ -54,41 +64,44 @@ class Launch:
 class Peer:
     name: str
     framework: str  # the distribution whose version the results record
-    model_file: str  # what it runs
     path: str  # the endpoint the photos are posted to
-    launch: Callable[[Path, int, Path], Launch]  # (model version folder, port, scratch folder)
+    launch: Callable[[Path, int, Path, str], Launch]  # (model version folder, port, scratch folder, variant)
     ours: bool = False
+    onnx: bool = True  # runs the ONNX variant file (TorchServe runs the torch checkpoint)
 
 
-def _service(variant: str) -> Callable[[Path, int, Path], Launch]:
-    def launch(model_dir: Path, port: int, _: Path) -> Launch:
-        env = {"ARTIFACTS_DIR": str(model_dir.parent.parent), "MODEL": str(model_dir), "MODEL_VARIANT": variant,
-               "MODEL_POLL_S": "0", "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
+def _service(**env: str) -> Callable[[Path, int, Path, str], Launch]:
+    """``imgcls serve`` as a user starts it (``MODEL_VARIANT`` left to ``auto``), with ``env`` on top."""
+    def launch(model_dir: Path, port: int, _: Path, __: str) -> Launch:
+        base = {"ARTIFACTS_DIR": str(model_dir.parent.parent), "MODEL": str(model_dir), "MODEL_POLL_S": "0",
+                "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
         return Launch([sys.executable, "-m", "cli", "serve",
-                       "--host", "127.0.0.1", "--port", str(port)], env)
+                       "--host", "127.0.0.1", "--port", str(port)], {**base, **env})
     return launch
 
 
-def _peer_env(model_dir: Path, port: int) -> dict[str, str]:
-    return {"PEER_MODEL_DIR": str(model_dir), "PEER_PORT": str(port), "PYTHONPATH": str(ROOT)}
+def _peer_env(model_dir: Path, port: int, variant: str) -> dict[str, str]:
+    return {"PEER_MODEL_DIR": str(model_dir), "PEER_PORT": str(port), "PEER_VARIANT": variant,
+            "PYTHONPATH": str(ROOT)}
 
 
-def _bentoml_example(model_dir: Path, port: int, _: Path) -> Launch:
+def _bentoml_example(model_dir: Path, port: int, _: Path, variant: str) -> Launch:
     return Launch([sys.executable, "-m", "bentoml", "serve", "bench.peers.bentoml_example:BentoExample",
                    "--host", "127.0.0.1", "--port", str(port)],
-                  {**_peer_env(model_dir, port), "BENTOML_DISABLE_GPU_ALLOCATION": "1"})
+                  {**_peer_env(model_dir, port, variant), "BENTOML_DISABLE_GPU_ALLOCATION": "1"})
 
 
-def _litserve(model_dir: Path, port: int, _: Path) -> Launch:
-    return Launch([sys.executable, "-m", "bench.peers.litserve_server"], _peer_env(model_dir, port), "/health")
+def _litserve(model_dir: Path, port: int, _: Path, variant: str) -> Launch:
+    return Launch([sys.executable, "-m", "bench.peers.litserve_server"], _peer_env(model_dir, port, variant),
+                  "/health")
 
 
-def _rayserve(model_dir: Path, port: int, _: Path) -> Launch:
+def _rayserve(model_dir: Path, port: int, _: Path, variant: str) -> Launch:
     return Launch([sys.executable, "-m", "bench.peers.rayserve_server"],
-                  {**_peer_env(model_dir, port), "RAY_USAGE_STATS_ENABLED": "0"}, "/classify")
+                  {**_peer_env(model_dir, port, variant), "RAY_USAGE_STATS_ENABLED": "0"}, "/classify")
 
 
-def _torchserve(model_dir: Path, port: int, scratch: Path) -> Launch:
+def _torchserve(model_dir: Path, port: int, scratch: Path, _: str) -> Launch:
     """Archive the version's checkpoint + metadata with the handler, and a config on free ports."""
     bin_dir = Path(sys.executable).parent
     store = scratch / "model-store"
@@ -112,13 +125,22 @@ def _torchserve(model_dir: Path, port: int, scratch: Path) -> Launch:
 
 
 PEERS = [
-    Peer("service-fp32", "bentoml", "model.onnx", "/classify", _service("fp32"), ours=True),
-    Peer("service-int8", "bentoml", "model.int8.onnx", "/classify", _service("int8"), ours=True),
-    Peer("bentoml-example", "bentoml", "model.onnx", "/classify", _bentoml_example),
-    Peer("litserve", "litserve", "model.onnx", "/classify", _litserve),
-    Peer("rayserve", "ray", "model.onnx", "/classify", _rayserve),
-    Peer("torchserve", "torchserve", "checkpoint.pt (torch eager)", "/predictions/imgcls", _torchserve),
+    Peer("service", "bentoml", "/classify", _service(), ours=True),
+    # Two BentoML worker processes, each with one ONNX Runtime thread (NOTES.md: more threads than cores collapse)
+    Peer("service-2workers", "bentoml", "/classify",
+         _service(BENTOML_CONFIG_OPTIONS="services.image_classifier.workers=2", ORT_THREADS="1"), ours=True),
+    Peer("bentoml-example", "bentoml", "/classify", _bentoml_example),
+    Peer("litserve", "litserve", "/classify", _litserve),
+    Peer("rayserve", "ray", "/classify", _rayserve),
+    Peer("torchserve", "torchserve", "/predictions/imgcls", _torchserve, onnx=False),
 ]
+DEFAULT_PEERS = ("service", "bentoml-example", "litserve")
+
+
+def auto_variant(model_dir: Path) -> str:
+    """The variant the service's ``MODEL_VARIANT=auto`` serves from ``model_dir`` on this machine's CPU."""
+    return choose_variant("auto", available_variants(model_dir, ModelCard.load(model_dir)), False,
+                          cpu_has_int8_dot())
 
 
 def non_image_answer(url: str) -> dict:
@@ -143,19 +165,31 @@ def wait_until_serving(url: str, body: bytes, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def measure(peer: Peer, model_dir: Path, bodies: list[bytes], clients: list[int], duration: float,
-            logs: Path) -> dict:
-    """Start ``peer``, record its non-image status and its load results at each client count."""
-    result: dict = {"name": peer.name, "framework": f"{peer.framework} {importlib.metadata.version(peer.framework)}",
-                    "model_file": peer.model_file, "request": f"POST {peer.path}, multipart field '{FIELD}'"}
-    if peer.ours and peer.name.endswith("int8") and not (model_dir / "model.int8.onnx").is_file():
-        return {**result, "available": False, "reason": f"{model_dir.name} has no model.int8.onnx"}
+def loaded(base: str, bodies: list[bytes], clients: int, total: int, path: str, tag: str) -> dict:
+    """``bench.common.load`` with the server tree's CPU seconds around it, per request in ms."""
+    before = tree_ticks(tag)
+    run = load(base, bodies, clients, total, path=path, field=FIELD)
+    cpu_s = cpu_seconds_between(before, tree_ticks(tag))
+    return {**run, "server_cpu_s": cpu_s, "cpu_ms_per_request": 1000 * cpu_s / total}
+
+
+def measure(peer: Peer, model_dir: Path, variant: str, bodies: list[bytes], clients: list[int], duration: float,
+            logs: Path, pin: str | None = None) -> dict:
+    """Start ``peer`` (under ``taskset -c pin`` if given), record its non-image status and its load results at each
+    client count."""
+    name = peer.name if pin is None else f"{peer.name}@cpu{pin}"
+    result: dict = {"name": name, "peer": peer.name, "pinned_cpus": pin,
+                    "framework": f"{peer.framework} {importlib.metadata.version(peer.framework)}",
+                    "model_file": VARIANT_FILES[variant] if peer.onnx else "checkpoint.pt (torch eager)",
+                    "request": f"POST {peer.path}, multipart field '{FIELD}'"}
     scratch = Path(tempfile.mkdtemp(prefix=f"peer-{peer.name}-"))
     port = free_port()
+    tag = uuid.uuid4().hex
     try:
-        launch = peer.launch(model_dir, port, scratch)
+        launch = peer.launch(model_dir, port, scratch, variant)
+        cmd = launch.cmd if pin is None else ["taskset", "-c", pin, *launch.cmd]
         started = time.monotonic()
-        with server(launch.cmd, port, launch.env, logs / f"{peer.name}.log", probe=launch.probe,
+        with server(cmd, port, {**launch.env, TAG: tag}, logs / f"{name}.log", probe=launch.probe,
                     timeout=300) as base:
             url = base + peer.path
             wait_until_serving(url, bodies[0])
@@ -163,81 +197,122 @@ def measure(peer: Peer, model_dir: Path, bodies: list[bytes], clients: list[int]
             if peer.ours:
                 info = httpx.get(f"{base}/model", timeout=30).json()
                 result["served_model"] = {k: info[k] for k in ("version", "variant", "runtime") if k in info}
-                # A service that ignores MODEL_VARIANT would serve fp32 under the int8 name: say so.
-                result["variant_confirmed"] = peer.name.split("-")[1] in json.dumps(info)
+                # The peers were fed the file auto is expected to pick: a service that picked another would make
+                # the comparison unfair, so say so.
+                result["variant_confirmed"] = (info.get("runtime") or info).get("variant") == variant
             result["non_image"] = non_image_answer(url)
             rps = load(base, bodies, clients[0], 4 * clients[0], path=peer.path, field=FIELD)["rps"]  # warm-up
             for n in clients:
                 total = max(2 * n, round(rps * duration))
-                run = load(base, bodies, n, total, path=peer.path, field=FIELD)
+                run = loaded(base, bodies, n, total, peer.path, tag)
                 result[f"clients_{n}"] = run
                 rps = run["rps"]
-                print(f"  {peer.name:16} {n:3} clients: {run['rps']:7.1f} req/s  p50 {run['p50_ms']:7.1f} ms  "
-                      f"p99 {run['p99_ms']:7.1f} ms  failures {run['failures']}", flush=True)
+                print(f"  {name:24} {n:3} clients: {run['rps']:7.1f} req/s  p50 {run['p50_ms']:7.1f} ms  "
+                      f"p99 {run['p99_ms']:7.1f} ms  CPU {run['cpu_ms_per_request']:5.2f} ms/request  "
+                      f"failures {run['failures']}", flush=True)
         return {**result, "available": True}
     except Exception as e:  # noqa: BLE001 - one peer failing to start must not lose the others' figures
-        print(f"  {peer.name}: FAILED {e}", file=sys.stderr, flush=True)
+        print(f"  {name}: FAILED {e}", file=sys.stderr, flush=True)
         return {**result, "available": False, "reason": f"{type(e).__name__}: {str(e)[-2000:]}"}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def median_round(rounds: list[dict], clients: list[int]) -> dict:
-    """One peer's rounds as one result: at each client count the round with the (lower) median requests/s (its
-    latencies with it), and every round's requests/s beside it."""
+    """One server's rounds as one result: at each client count the round with the (lower) median requests/s (its
+    latencies and CPU with it), and every round's requests/s and CPU per request beside it."""
     ran = [r for r in rounds if r.get("available")]
     if not ran:
         return rounds[-1]
     merged = {**ran[-1], "rounds": len(ran)}
     for n in clients:
         runs = sorted((r[f"clients_{n}"] for r in ran), key=lambda run: run["rps"])
-        merged[f"clients_{n}"] = {**runs[(len(runs) - 1) // 2], "rounds_rps": [run["rps"] for run in runs]}
+        merged[f"clients_{n}"] = {**runs[(len(runs) - 1) // 2], "rounds_rps": [run["rps"] for run in runs],
+                                  "rounds_cpu_ms_per_request": [run["cpu_ms_per_request"] for run in runs]}
     return merged
 
 
-def target_checks(peers: list[dict], clients: list[int]) -> list[dict]:
-    """For each client count and variant of ours: the ratio to the best peer's requests/s, and both p99s."""
-    checks = []
-    for n in clients:
-        key = f"clients_{n}"
-        others = [p for p in peers if p.get("available") and not p["name"].startswith("service-") and key in p]
-        if not others:
+def against_baseline(servers: list[dict], clients: list[int]) -> None:
+    """Add to each server, at each client count, its requests/s, p99 and CPU per request over LitServe's (same
+    pinning, same run)."""
+    for s in servers:
+        base = next((b for b in servers if b["peer"] == BASELINE and b["pinned_cpus"] == s["pinned_cpus"]
+                     and b.get("available")), None)
+        if base is None or not s.get("available"):
             continue
-        best = max(others, key=lambda p: p[key]["rps"])
-        for ours in (p for p in peers if p.get("available") and p["name"].startswith("service-") and key in p):
-            ratio = ours[key]["rps"] / best[key]["rps"]
-            checks.append({"clients": n, "service": ours["name"], "best_peer": best["name"], "ratio": ratio,
-                           "p99_ms": ours[key]["p99_ms"], "best_peer_p99_ms": best[key]["p99_ms"],
-                           "met": ratio >= TARGET_RATIO and ours[key]["p99_ms"] <= best[key]["p99_ms"]})
-    return checks
+        for n in clients:
+            ours, theirs = s[f"clients_{n}"], base[f"clients_{n}"]
+            ours[f"vs_{BASELINE}"] = {"rps": ours["rps"] / theirs["rps"], "p99": ours["p99_ms"] / theirs["p99_ms"],
+                                      "cpu_per_request": ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]}
 
 
-def in_process_ceiling(model_dir: Path, batch_sizes: tuple[int, ...] = (8, 16, 32)) -> dict:
-    """The most any HTTP server could serve with this model on this machine: the project's decoding, preprocessing
-    and ONNX Runtime (the variant ``auto`` picks, as the service does) with no HTTP at all, at its best batch size."""
+def target_checks(servers: list[dict], clients: list[int], pipeline_cpu_ms: float) -> list[str]:
+    """The issue's targets, one printed line each."""
+    lines = []
+    ours = [s for s in servers if s.get("available") and s["peer"].startswith("service")]
+    for s in ours:
+        for n in clients:
+            run = s[f"clients_{n}"]
+            vs = run.get(f"vs_{BASELINE}")
+            if vs:
+                met = vs["rps"] >= TARGET_RPS_RATIO and vs["p99"] <= 1.0
+                lines.append(f"{s['name']} / {BASELINE} at {n} clients: {vs['rps']:.2f}x requests/s (target >= "
+                             f"{TARGET_RPS_RATIO:.1f}x), p99 {vs['p99']:.2f}x (target <= 1.0x): "
+                             f"{'met' if met else 'NOT met'}")
+            cpu = run["cpu_ms_per_request"] / pipeline_cpu_ms
+            lines.append(f"{s['name']} at {n} clients: CPU per request {run['cpu_ms_per_request']:.2f} ms = {cpu:.2f}x "
+                         f"the in-process pipeline's per image (target <= {TARGET_CPU_RATIO}x): "
+                         f"{'met' if cpu <= TARGET_CPU_RATIO else 'NOT met'}")
+    pins = list(dict.fromkeys(s["pinned_cpus"] for s in servers))
+    if len(pins) > 1:
+        for s in (s for s in servers if s.get("available") and s["pinned_cpus"] != pins[0]):
+            first = next((b for b in servers if b["peer"] == s["peer"] and b["pinned_cpus"] == pins[0]
+                          and b.get("available")), None)
+            for n in clients if first else ():
+                ratio = s[f"clients_{n}"]["rps"] / first[f"clients_{n}"]["rps"]
+                lines.append(f"{s['peer']} at {n} clients on CPUs {s['pinned_cpus']} / on CPUs {pins[0]}: "
+                             f"{ratio:.2f}x requests/s")
+    return lines
+
+
+def in_process_pipeline(model_dir: Path, variant: str, batch_sizes: tuple[int, ...] = (8, 16, 32)) -> dict:
+    """The most any HTTP server could serve with this model file here, and what it costs: the project's decoding,
+    preprocessing and ONNX Runtime with no HTTP at all, at its best batch size, with this process's CPU per image."""
     from bench.bench_serving import in_process_throughput
     from imgcls.onnx_model import OnnxClassifier
 
-    model = OnnxClassifier(model_dir, device="auto")
+    model = OnnxClassifier(model_dir, device="cpu", variant=variant)
     model.warmup()
-    by_size = {b: in_process_throughput(model, test_photos(), b, 1500) for b in batch_sizes}
+    total = 1500
+    by_size, cpu_by_size = {}, {}
+    for b in batch_sizes:
+        cpu = time.process_time()
+        by_size[b] = in_process_throughput(model, test_photos(), b, total)
+        cpu_by_size[b] = 1000 * (time.process_time() - cpu) / total
     best = max(by_size, key=by_size.get)
-    return {"variant": model.variant, "batch_size": best, "images_per_s": by_size[best],
-            "images_per_s_by_batch_size": by_size}
+    return {"variant": model.variant, "model_file": VARIANT_FILES[model.variant], "batch_size": best,
+            "images_per_s": by_size[best], "cpu_ms_per_image": cpu_by_size[best],
+            "images_per_s_by_batch_size": by_size, "cpu_ms_per_image_by_batch_size": cpu_by_size}
 
 
-def table(peers: list[dict], clients: list[int]) -> str:
+def table(servers: list[dict], clients: list[int]) -> str:
     """The results as a markdown table."""
-    head = "| server | model | " + " | ".join(f"req/s @{n} | p50 / p99 ms @{n}" for n in clients) + \
-        " | non-image |\n|---|---|" + "---|---|" * len(clients) + "---|\n"
+    head = "| server | model | " + " | ".join(
+        f"req/s @{n} | p50 / p99 ms @{n} | CPU ms/req @{n} | vs {BASELINE} (req/s, p99, CPU) @{n}" for n in clients) \
+        + " | non-image |\n|---|---|" + "---|---|---|---|" * len(clients) + "---|\n"
     rows = []
-    for p in peers:
+    for p in servers:
         if not p.get("available"):
-            rows.append(f"| {p['name']} ({p['framework']}) | {p['model_file']} | " + "n/a | " * 2 * len(clients)
+            rows.append(f"| {p['name']} ({p['framework']}) | {p['model_file']} | " + "n/a | " * 4 * len(clients)
                         + f"not run: {p['reason'][:80]} |")
             continue
-        cells = [f"{p[f'clients_{n}']['rps']:.1f} | {p[f'clients_{n}']['p50_ms']:.0f} / "
-                 f"{p[f'clients_{n}']['p99_ms']:.0f}" for n in clients]
+        cells = []
+        for n in clients:
+            run = p[f"clients_{n}"]
+            vs = run.get(f"vs_{BASELINE}")
+            ratios = f"{vs['rps']:.2f}x, {vs['p99']:.2f}x, {vs['cpu_per_request']:.2f}x" if vs else "n/a"
+            cells.append(f"{run['rps']:.1f} | {run['p50_ms']:.0f} / {run['p99_ms']:.0f} | "
+                         f"{run['cpu_ms_per_request']:.2f} | {ratios}")
         rows.append(f"| {p['name']} ({p['framework']}) | {p['model_file']} | " + " | ".join(cells)
                     + f" | {p['non_image']['status']} |")
     return head + "\n".join(rows)
@@ -249,9 +324,11 @@ def main() -> None:
     p.add_argument("--artifacts", type=Path)
     p.add_argument("--duration", type=float, default=20.0, help="seconds of load per server and client count")
     p.add_argument("--clients", default="16,64")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=int, default=2,
                    help="run every server this many times (alternating order) and keep the median round")
-    p.add_argument("--peers", default=",".join(peer.name for peer in PEERS))
+    p.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"of {', '.join(peer.name for peer in PEERS)}")
+    p.add_argument("--pin", action="append", metavar="CPUS",
+                   help="run every server under `taskset -c CPUS` (repeat to compare layouts in one run)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -261,40 +338,41 @@ def main() -> None:
         p.error(f"unknown peers {sorted(unknown)}; known: {[peer.name for peer in PEERS]}")
     clients = [int(n) for n in args.clients.split(",")]
     model_dir = Registry(args.artifacts).resolve(args.model)
+    variant = auto_variant(model_dir)
     bodies = [path.read_bytes() for path in test_photos()]
     logs = Path(tempfile.gettempdir()) / "bench_peers"
     logs.mkdir(exist_ok=True)
-    load_before = os.getloadavg()[0]
-    print(f"model {model_dir.name}, {os.cpu_count()} CPUs, load average {load_before:.1f}, "
-          f"{len(bodies)} photos, {args.duration:.0f} s per run; server logs in {logs}", flush=True)
+    load_before = os.getloadavg()
+    print(f"model {model_dir.name}, every ONNX server on {VARIANT_FILES[variant]} (what MODEL_VARIANT=auto picks "
+          f"here), {os.cpu_count()} CPUs, load average {load_before[0]:.1f}, {len(bodies)} photos, "
+          f"{args.duration:.0f} s per run; server logs in {logs}", flush=True)
     started = time.time()
-    order = [peer for peer in PEERS if peer.name in chosen]
-    rounds: dict[str, list[dict]] = {peer.name: [] for peer in order}
+    runs = [(peer, pin) for pin in (args.pin or [None]) for peer in PEERS if peer.name in chosen]
+    rounds: dict[int, list[dict]] = {i: [] for i in range(len(runs))}
     for r in range(args.rounds):  # every other round in reverse, so no server always runs early or late
-        for peer in order if r % 2 == 0 else order[::-1]:
-            rounds[peer.name].append(measure(peer, model_dir, bodies, clients, args.duration, logs))
-    peers = [median_round(rounds[peer.name], clients) for peer in order]
-    checks = target_checks(peers, clients)
-    ceiling = in_process_ceiling(model_dir)
-    results = {"model": model_dir.name, "cpus": os.cpu_count(), "duration_s": args.duration, "clients": clients,
-               "rounds": args.rounds,
-               "photos": len(bodies), "load_average_before": load_before,
-               "run_minutes": (time.time() - started) / 60, "peers": peers, "targets": checks,
-               "in_process_ceiling": ceiling}
+        for i in range(len(runs)) if r % 2 == 0 else reversed(range(len(runs))):
+            peer, pin = runs[i]
+            rounds[i].append(measure(peer, model_dir, variant, bodies, clients, args.duration, logs, pin))
+    servers = [median_round(rounds[i], clients) for i in range(len(runs))]
+    against_baseline(servers, clients)
+    pipeline = in_process_pipeline(model_dir, variant)
+    checks = target_checks(servers, clients, pipeline["cpu_ms_per_image"])
+    results = {"model": model_dir.name, "model_file": VARIANT_FILES[variant], "cpus": os.cpu_count(),
+               "duration_s": args.duration, "clients": clients, "rounds": args.rounds, "photos": len(bodies),
+               "load_average_before": load_before, "load_average_after": os.getloadavg(),
+               "run_minutes": (time.time() - started) / 60, "peers": servers, "targets": checks,
+               "in_process_pipeline": pipeline}
 
-    print("\n" + table(peers, clients) + "\n")
-    for c in checks:
-        print(f"{c['service']} / {c['best_peer']} at {c['clients']} clients: {c['ratio']:.2f}x requests/s "
-              f"(target >= {TARGET_RATIO:.0f}x), p99 {c['p99_ms']:.0f} vs {c['best_peer_p99_ms']:.0f} ms: "
-              f"{'met' if c['met'] else 'NOT met'}")
-    for n, name in {c["clients"]: c["best_peer"] for c in checks}.items():
-        rps = next(p[f"clients_{n}"]["rps"] for p in peers if p["name"] == name)
-        print(f"in-process ceiling (no HTTP: decode + preprocess + ONNX Runtime {ceiling['variant']}, batch "
-              f"{ceiling['batch_size']}): {ceiling['images_per_s']:.1f} img/s = {ceiling['images_per_s'] / rps:.2f}x "
-              f"{name} at {n} clients (a server can at most reach this)")
-    for peer in peers:
-        if peer.get("available") and peer.get("variant_confirmed") is False:
-            print(f"note: {peer['name']}'s /model does not name its variant: check it served what MODEL_VARIANT asked")
+    print("\n" + table(servers, clients) + "\n")
+    print(f"in-process pipeline (no HTTP: decode + preprocess + ONNX Runtime, {pipeline['model_file']}, batch "
+          f"{pipeline['batch_size']}): {pipeline['images_per_s']:.1f} img/s, {pipeline['cpu_ms_per_image']:.2f} ms "
+          f"of CPU per image")
+    for line in checks:
+        print(line)
+    print(f"load average (1 min) before {load_before[0]:.1f}, after {results['load_average_after'][0]:.1f}")
+    for s in servers:
+        if s.get("available") and s.get("variant_confirmed") is False:
+            print(f"note: {s['name']} served {s.get('served_model')}, not {variant}: the comparison is not fair")
     if args.json:
         from bench.plot_peers import draw
 

@@ -2,7 +2,8 @@
 
 Each module is a small server written the way its framework's own examples write one (no extra error mapping),
 with the settings every peer shares: ONNX Runtime threads = cores, batches of up to ``MAX_BATCH`` formed within
-``MAX_WAIT_MS``. The harness passes the model version folder in ``PEER_MODEL_DIR`` and the port in ``PEER_PORT``.
+``MAX_WAIT_MS``. The harness passes the model version folder in ``PEER_MODEL_DIR``, the variant to run in
+``PEER_VARIANT`` and the port in ``PEER_PORT``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ MAX_WAIT_MS = 5
 
 def model_dir() -> Path:
     return Path(os.environ["PEER_MODEL_DIR"])
+
+
+def variant() -> str:
+    return os.environ.get("PEER_VARIANT", "fp32")
 
 
 def port() -> int:

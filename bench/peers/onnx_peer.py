@@ -6,17 +6,18 @@ import os
 import numpy as np
 from PIL import Image
 
-from bench.peers import answers, model_dir
+from bench.peers import answers, model_dir, variant
 from imgcls.images import decode_image
 from imgcls.onnx_model import OnnxClassifier
 
 
 class OnnxPeerModel:
-    """The registry version's ``model.onnx`` (fp32: a peer runs the model file as exported, not this project's
-    int8 variant, which ``variant="auto"`` would pick on a VNNI CPU) on CPU, one intra-op thread per core."""
+    """The registry version's model file that the harness names (``PEER_VARIANT``: the one this service's
+    ``MODEL_VARIANT=auto`` serves on this CPU, so that every server runs the same file) on CPU, one intra-op
+    thread per core."""
 
     def __init__(self) -> None:
-        self.model = OnnxClassifier(model_dir(), device="cpu", threads=os.cpu_count(), variant="fp32")
+        self.model = OnnxClassifier(model_dir(), device="cpu", threads=os.cpu_count(), variant=variant())
         self.model.warmup()
         self.preprocess = self.model.preprocess
 

@@ -21,6 +21,9 @@ def test_harness_runs_one_peer_end_to_end(trained: Path, tmp_path: Path) -> None
     litserve = next(p for p in results["peers"] if p["name"] == "litserve")
     assert litserve["available"], litserve.get("reason")
     assert litserve["clients_2"]["failures"] == 0 and litserve["clients_2"]["rps"] > 0
+    assert litserve["clients_2"]["cpu_ms_per_request"] > 0  # its process tree was found in /proc
+    assert litserve["model_file"] == results["model_file"] == results["in_process_pipeline"]["model_file"]
+    assert results["in_process_pipeline"]["cpu_ms_per_image"] > 0
     assert len(litserve["clients_2"]["rounds_rps"]) == 2
     assert litserve["non_image"]["status"] >= 400
     assert out.with_suffix(".png").stat().st_size > 0
