@@ -327,12 +327,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2,
                    help="run every server this many times (alternating order) and keep the median round")
     p.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"of {', '.join(peer.name for peer in PEERS)}")
+    p.add_argument("--service-env", action="append", default=[], metavar="NAME:K=V[,K=V]",
+                   help="also run this service as service-NAME with these settings (to measure one in the same run)")
     p.add_argument("--pin", action="append", metavar="CPUS",
                    help="run every server under `taskset -c CPUS` (repeat to compare layouts in one run)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    chosen = args.peers.split(",")
+    for spec in args.service_env:
+        name, _, settings = spec.partition(":")
+        PEERS.append(Peer(f"service-{name}", "bentoml", "/classify",
+                          _service(**dict(kv.split("=", 1) for kv in settings.split(",") if kv)), ours=True))
+    chosen = args.peers.split(",") + [f"service-{spec.partition(':')[0]}" for spec in args.service_env]
     unknown = set(chosen) - {peer.name for peer in PEERS}
     if unknown:
         p.error(f"unknown peers {sorted(unknown)}; known: {[peer.name for peer in PEERS]}")
