@@ -54,20 +54,27 @@ def _group(name: str) -> str:
     return re.sub(r"[-_ ]?\d+$", "", name) or name
 
 
+IDLE = ("Condition.wait", "Queue.get", "time_sleep", "clock_nanosleep", "epoll_pwait", "pthread_cond", "select.")
+NATIVE = (("onnxruntime", "ONNX Runtime (native)"), ("openblas", "OpenBLAS (numpy's BLAS threads)"),
+          ("ImagingResample", "Pillow resize (native)"), ("jpeg", "JPEG decoding (native)"),
+          ("ImagingDecode", "Pillow decoding (native)"))
+
+
 def classify_frame(stack: str) -> str:
-    """What a sampled stack is doing, by its innermost frame that says something."""
+    """What a sampled stack is doing: 'idle' when it waits, else its native library of note, else the innermost
+    Python package (or project module) on it."""
+    if any(key in stack for key in IDLE):
+        return "idle (waiting)"
     frames = stack.split(";")
-    leaf = frames[-1]
-    for key, label in (("onnxruntime", "ONNX Runtime"), ("libopenblas", "OpenBLAS (numpy)"),
-                       ("openblas", "OpenBLAS (numpy)"), ("libjpeg", "JPEG decoding"), ("ImagingResample",
-                       "resize (Pillow)"), ("PIL", "Pillow"), ("jpeg", "JPEG decoding")):
-        if key in leaf:
+    for key, label in NATIVE:
+        if key in frames[-1] or (key == "openblas" and key in stack):
             return label
     for f in reversed(frames):
-        m = re.search(r"\(([^)]*?)(?:/__init__)?\.py", f) or re.search(r"\(([^)]+)\)", f)
+        m = re.search(r"\(([\w/.<>-]+?)\.py:\d+\)", f)
         if m:
-            return m.group(1).split("/")[0]
-    return leaf[:60]
+            parts = m.group(1).split("/")
+            return "/".join(parts[:2]) if parts[0] in ("service", "imgcls", "bench") else parts[0]
+    return frames[-1].split(" ")[0][:60]
 
 
 def pyspy(pid: int, seconds: float, raw: Path) -> subprocess.Popen:
@@ -129,8 +136,11 @@ def main() -> None:
     for (pid, name), ticks in groups.most_common():
         if ticks:
             print(f"  pid {pid:7} {name:28} {1000 * ticks / _TICK / total:6.2f} ms/request")
+    busiest = sorted(((t - before.get(k, 0), k) for k, t in after.items()), reverse=True)[:8]
+    print("  busiest threads: " + ", ".join(f"tid {k[1]} {1000 * t / _TICK / total:.2f}" for t, k in busiest if t))
     if args.pyspy:
-        print("py-spy samples of the busiest process (native frames, idle threads left out), by what they run:")
+        print("py-spy samples of the busiest process (wall-clock samples of every thread, native frames), by what "
+              "they run:")
         for what, share in summarize_raw(raw):
             print(f"  {share:5.1f}%  {what}")
     print(f"load average {os.getloadavg()[0]:.1f}")

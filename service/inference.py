@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from imgcls.cam import class_activation_map
 from imgcls.errors import ImgclsError
@@ -39,6 +40,9 @@ class Inference:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # numpy's OpenBLAS pool (the open-set products) would spin on every core after each small product, taking
+        # them from decoding and ONNX Runtime: one thread does those products faster here (docs/request_path.md)
+        threadpool_limits(1, user_api="blas")
         providers_for(config.device)  # DEVICE=cuda without a usable CUDA provider stops the start-up here
         self.holder = ModelHolder(config)
         try:
