@@ -70,12 +70,12 @@ class Peer:
     onnx: bool = True  # runs the ONNX variant file (TorchServe runs the torch checkpoint)
 
 
-def _service(**env: str) -> Callable[[Path, int, Path, str], Launch]:
-    """``imgcls serve`` as a user starts it (``MODEL_VARIANT`` left to ``auto``), with ``env`` on top."""
+def _service(target: str | None = None, **env: str) -> Callable[[Path, int, Path, str], Launch]:
+    """``imgcls serve [target]`` as a user starts it (``MODEL_VARIANT`` left to ``auto``), with ``env`` on top."""
     def launch(model_dir: Path, port: int, _: Path, __: str) -> Launch:
         base = {"ARTIFACTS_DIR": str(model_dir.parent.parent), "MODEL": str(model_dir), "MODEL_POLL_S": "0",
                 "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
-        return Launch([sys.executable, "-m", "cli", "serve",
+        return Launch([sys.executable, "-m", "cli", "serve", *([target] if target else []),
                        "--host", "127.0.0.1", "--port", str(port)], {**base, **env})
     return launch
 
@@ -129,6 +129,8 @@ PEERS = [
     # Two BentoML worker processes, each with one ONNX Runtime thread (NOTES.md: more threads than cores collapse)
     Peer("service-2workers", "bentoml", "/classify",
          _service(BENTOML_CONFIG_OPTIONS="services.image_classifier.workers=2", ORT_THREADS="1"), ours=True),
+    Peer("service-two-services", "bentoml", "/classify", _service("service.two_services:ImageClassifierTwoServices"),
+         ours=True),
     Peer("bentoml-example", "bentoml", "/classify", _bentoml_example),
     Peer("litserve", "litserve", "/classify", _litserve),
     Peer("rayserve", "ray", "/classify", _rayserve),

@@ -7,7 +7,8 @@ Starts ``imgcls serve`` (``--env`` settings on top), warms it up, loads it with 
 test photos as multipart uploads (as ``bench.bench_peers`` does) for about ``--seconds``, and prints:
 - the CPU per request of the whole process tree, and of each of its threads grouped by name (``/proc/*/task``);
 - with ``--pyspy`` (py-spy on the registry: ``pip install py-spy``), py-spy's samples of the worker process during
-  the load (``--native``, idle threads left out), summed by what they run: a leaf frame's library or module.
+  the load (``--native``; samples of waiting threads left out), summed by stage of the request path. py-spy sees
+  Python threads only: ONNX Runtime's and OpenBLAS's own threads show in the per-thread CPU, not here.
 The machine's load average is printed too: other jobs on a shared machine move every figure.
 """
 from __future__ import annotations
@@ -54,27 +55,35 @@ def _group(name: str) -> str:
     return re.sub(r"[-_ ]?\d+$", "", name) or name
 
 
-IDLE = ("Condition.wait", "Queue.get", "time_sleep", "clock_nanosleep", "epoll_pwait", "pthread_cond", "select.")
-NATIVE = (("onnxruntime", "ONNX Runtime (native)"), ("openblas", "OpenBLAS (numpy's BLAS threads)"),
-          ("ImagingResample", "Pillow resize (native)"), ("jpeg", "JPEG decoding (native)"),
-          ("ImagingDecode", "Pillow decoding (native)"))
+IDLE = ("Condition.wait", "Queue.get", "time_sleep", "clock_nanosleep", "epoll_pwait", "pthread_cond")
+# Event-loop stages, matched against a stack's frames innermost first (py-spy names a frame "func (pkg/mod.py:N)")
+LOOP_STAGES = (("OpenTelemetry (BentoML's tracing middleware)",
+                ("(trace/", "(asgi/__init__", "(context/", "(propagate/")),
+               ("request id (uuid4: a getrandom call)", ("(uuid.py",)),
+               ("multipart parsing, upload spooled to a temporary file",
+                ("python_multipart", "(tempfile.py", "(pathlib.py", "formparsers")),
+               ("this service's middlewares", ("service/uploads", "service/logs", "service/metrics", "service/throttle",
+                                               "service/errors", "service/middleware")),
+               ("BentoML dispatch, pydantic", ("_bentoml_sdk", "_bentoml_impl", "pydantic")),
+               ("thread hand-offs (anyio, queue)", ("(queue.py", "anyio/", "(threading.py")),
+               ("uvicorn, starlette (HTTP)", ("uvicorn", "starlette", "httptools")))
 
 
-def classify_frame(stack: str) -> str:
-    """What a sampled stack is doing: 'idle' when it waits, else its native library of note, else the innermost
-    Python package (or project module) on it."""
+def stage(stack: str) -> str:
+    """Which stage of the request path a sampled stack (frames joined by ';', outermost first) is in."""
     if any(key in stack for key in IDLE):
         return "idle (waiting)"
-    frames = stack.split(";")
-    for key, label in NATIVE:
-        if key in frames[-1] or (key == "openblas" and key in stack):
-            return label
-    for f in reversed(frames):
-        m = re.search(r"\(([\w/.<>-]+?)\.py:\d+\)", f)
-        if m:
-            parts = m.group(1).split("/")
-            return "/".join(parts[:2]) if parts[0] in ("service", "imgcls", "bench") else parts[0]
-    return frames[-1].split(" ")[0][:60]
+    if "Inference.infer" in stack:
+        what = ("ONNX Runtime" if "onnxruntime" in stack else "open-set scores (numpy)" if "novelty" in stack
+                else "normalize" if "normalize" in stack else "other")
+        return f"inference thread: {what}"
+    if "_decode.<locals>.work" in stack:
+        return "decoding threads (Pillow decode, resize, crop)"
+    for frame in reversed(stack.split(";")):
+        for name, keys in LOOP_STAGES:
+            if any(key in frame for key in keys):
+                return f"event loop: {name}"
+    return "event loop: other"
 
 
 def pyspy(pid: int, seconds: float, raw: Path) -> subprocess.Popen:
@@ -84,14 +93,15 @@ def pyspy(pid: int, seconds: float, raw: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
-def summarize_raw(raw: Path, top: int = 25) -> list[tuple[str, float]]:
+def summarize_raw(raw: Path) -> list[tuple[str, float]]:
+    """py-spy's collapsed stacks as (stage, share of the samples that were not waiting, in %)."""
     counts: collections.Counter = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if stack:
-            counts[classify_frame(stack)] += int(n)
-    total = sum(counts.values()) or 1
-    return [(k, 100 * v / total) for k, v in counts.most_common(top)]
+            counts[stage(stack)] += int(n)
+    busy = sum(v for k, v in counts.items() if not k.startswith("idle")) or 1
+    return [(k, 100 * v / busy) for k, v in counts.most_common() if not k.startswith("idle")]
 
 
 def main() -> None:
@@ -139,8 +149,8 @@ def main() -> None:
     busiest = sorted(((t - before.get(k, 0), k) for k, t in after.items()), reverse=True)[:8]
     print("  busiest threads: " + ", ".join(f"tid {k[1]} {1000 * t / _TICK / total:.2f}" for t, k in busiest if t))
     if args.pyspy:
-        print("py-spy samples of the busiest process (wall-clock samples of every thread, native frames), by what "
-              "they run:")
+        print("py-spy samples of the busiest process (every Python thread, native frames; the samples that were not "
+              "waiting), by stage:")
         for what, share in summarize_raw(raw):
             print(f"  {share:5.1f}%  {what}")
     print(f"load average {os.getloadavg()[0]:.1f}")
