@@ -139,6 +139,13 @@ PEERS = [
 DEFAULT_PEERS = ("service", "bentoml-example", "litserve")
 
 
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"  # the server then fails to start, and its row says why
+
+
 def auto_variant(model_dir: Path) -> str:
     """The variant the service's ``MODEL_VARIANT=auto`` serves from ``model_dir`` on this machine's CPU."""
     return choose_variant("auto", available_variants(model_dir, ModelCard.load(model_dir)), False,
@@ -181,7 +188,7 @@ def measure(peer: Peer, model_dir: Path, variant: str, bodies: list[bytes], clie
     client count."""
     name = peer.name if pin is None else f"{peer.name}@cpu{pin}"
     result: dict = {"name": name, "peer": peer.name, "pinned_cpus": pin,
-                    "framework": f"{peer.framework} {importlib.metadata.version(peer.framework)}",
+                    "framework": f"{peer.framework} {_version(peer.framework)}",
                     "model_file": VARIANT_FILES[variant] if peer.onnx else "checkpoint.pt (torch eager)",
                     "request": f"POST {peer.path}, multipart field '{FIELD}'"}
     scratch = Path(tempfile.mkdtemp(prefix=f"peer-{peer.name}-"))
