@@ -2,7 +2,12 @@
 
     python -m bench.bench_peers [--model current] [--artifacts DIR] [--duration 20] [--clients 16,64] [--rounds 2]
                                 [--peers service,bentoml-example,litserve] [--pin 0 --pin 0,1]
-                                [--json bench/results/peers.json]
+                                [--service-env NAME:K=V,K=V] [--json bench/results/peers.json]
+
+Servers: ``service`` (``imgcls serve``), ``service-2workers`` (two BentoML workers, one ONNX Runtime thread each),
+``service-two-services`` (``service.two_services``), ``bentoml-example``, ``litserve``, ``rayserve``, ``torchserve``
+(their pins: the ``peers`` extra); ``--service-env`` adds the service with other settings, to measure one in the
+same run.
 
 Each server starts in turn as a subprocess, is warmed up, answers one non-image (its status is recorded), then
 takes ``--duration`` seconds of load from ``bench.common.load`` at each client count: multipart uploads of the
@@ -12,9 +17,10 @@ project's test photos in the form field ``image``. Every ONNX server runs the sa
 Beside requests/s and latencies: the server's CPU per request, the utime + stime of its whole process tree (read
 from ``/proc`` before and after the load), and the in-process pipeline's CPU per image (decode, preprocess, ONNX
 Runtime at its best batch size, no HTTP; measured last in the same run). Every figure is also a ratio to LitServe's
-in the same round. ``--rounds N``: each server runs N times in alternating order and its median round is reported.
-``--pin CPUS`` (repeatable): every server runs once per CPU list under ``taskset -c CPUS``. The machine's load
-average before and after goes into the JSON (a shared machine moves these figures).
+in the same run (and the same ``--pin``). ``--rounds N``: each server runs N times in alternating order and its
+(lower) median round is reported. ``--pin CPUS`` (repeatable): every server runs once per CPU list under
+``taskset -c CPUS``. The machine's load average before and after goes into the JSON (a shared machine moves these
+figures).
 ``--json`` also draws a chart beside the JSON file (``bench/plot_peers.py``).
 Targets (printed): this service >= 1.0x LitServe's requests/s at p99 no worse; its CPU per request <= 1.1x the
 in-process pipeline's CPU per image; with several ``--pin`` lists, each layout's requests/s against the first's.
