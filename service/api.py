@@ -27,14 +27,16 @@ from imgcls.errors import ImgclsError
 from imgcls.feedback import FeedbackStore, RateLimiter
 from imgcls.images import finish_decode, open_image
 from imgcls.preprocess import Preprocess
-from service.answers import Prediction, StaleInput
+from service.answers import Explanation, Prediction, StaleInput
 from service.auth import bearer_matches
 from service.config import Config
 from service.errors import error_response, overloaded
 from service.lifecycle import exit_with_parent
 from service.logs import configure_json_logging
-from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, UNKNOWN, metrics_endpoint
+from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, metrics_endpoint, observe_answer
 from service.model_client import LocalModel, RemoteModel
+from service.review import REVIEW_ROUTES
+from service.review_recorder import ReviewRecorder
 from service.schemas import BatchItem, BatchResult, Classification, FeedbackReceipt, ModelRef, Probability
 
 __all__ = ["ClassifierApi", "answers_errors", "web"]
@@ -73,7 +75,7 @@ async def _model_get(request: Request) -> Response:
 
 
 web = Starlette(routes=[Route("/demo", _demo_page), Route("/model", _model_get, methods=["GET"]),
-                        Route("/metrics", metrics_endpoint)])
+                        Route("/metrics", metrics_endpoint), *REVIEW_ROUTES])
 
 
 class ClassifierApi:
@@ -92,16 +94,19 @@ class ClassifierApi:
                                             max_files=self.config.feedback_max_files,
                                             max_pixels=self.config.max_pixels_full)
         self.feedback_limiter = RateLimiter(self.config.feedback_rate, self.config.feedback_burst)
+        self.review = ReviewRecorder(self.config) if self.config.review_dir else None  # REVIEW_DIR: off by default
         self.in_flight = 0
         self._sizes: tuple[int, int] | None = None  # (resize_size, input_size) of the served model
 
     # -- endpoints --------------------------------------------------------------------------------------------------
     @bentoml.api(route="/classify")
     @answers_errors
-    async def classify(self, image: ImageFile, k: int | None = None, *, ctx: bentoml.Context) -> Classification:
+    async def classify(self, image: ImageFile, k: int | None = None, flag: bool = False, *,
+                       ctx: bentoml.Context) -> Classification:
         """Classify one image (multipart field ``image``, or a raw ``image/*`` body): label, score, probabilities
-        (``k``: only the top k), model, and whether it looks like any known class at all."""
-        result = await self._classify(image.read_bytes(), k)
+        (``k``: only the top k), model, and whether it looks like any known class at all. ``flag=true`` asks for
+        the photo to be reviewed by a person (kept where the service has a review queue, ``REVIEW_DIR``)."""
+        result = await self._classify(image.read_bytes(), k, flag)
         ctx.response.headers["x-model-version"] = result.model.version
         return result
 
@@ -136,13 +141,7 @@ class ClassifierApi:
                       ctx: bentoml.Context) -> PngFile:
         """The class activation map of the predicted class (or ``label``) over the model's centre crop, as a PNG;
         ``format=json`` gives the raw map instead. Headers ``x-label``, ``x-score``, ``x-model-version``."""
-        data = image.read_bytes()
-        crop = await self._decode(data)
-        try:
-            answer = await self.model_client.explain(crop, label)
-        except StaleInput as e:  # the model was swapped for one of another input size
-            self._sizes = (e.resize_size, e.input_size)
-            answer = await self.model_client.explain(await self._decode(data), label)
+        answer, crop = await self.explain_image(image.read_bytes(), label)
         index, probs, cam = answer.index, answer.probs, answer.cam
         name = answer.labels[index]
         headers = {"x-model-version": answer.version, "x-label": name, "x-score": f"{float(probs[index]):.6f}"}
@@ -197,6 +196,16 @@ class ClassifierApi:
         return answer
 
     # -- the classification path -----------------------------------------------------------------------------------
+    async def explain_image(self, data: bytes, label: str | None = None) -> tuple[Explanation, np.ndarray]:
+        """The explanation of ``label`` (default: the top class) for an encoded image, and the crop it is over."""
+        crop = await self._decode(data)
+        try:
+            return await self.model_client.explain(crop, label), crop
+        except StaleInput as e:  # the model was swapped for one of another input size
+            self._sizes = (e.resize_size, e.input_size)
+            crop = await self._decode(data)
+            return await self.model_client.explain(crop, label), crop
+
     async def _describe(self) -> dict[str, Any]:
         answer = await self.model_client.describe()
         pre = answer["preprocessing"]
@@ -228,7 +237,7 @@ class ClassifierApi:
                 return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
-    async def _classify(self, data: bytes, k: int | None) -> Classification:
+    async def _classify(self, data: bytes, k: int | None, flagged: bool = False) -> Classification:
         if self.in_flight >= self.config.max_queue:  # refuse before spending any work on it
             raise overloaded()
         self.in_flight += 1
@@ -240,7 +249,11 @@ class ClassifierApi:
                 answer = await self.model_client.infer(await self._decode(data))
         finally:
             self.in_flight -= 1
-        return _classification(answer, k)
+        result = _classification(answer, k)
+        observe_answer(result.model.version, result.score, result.novelty, result.known, self.config.low_confidence)
+        if self.review is not None:
+            self.review.offer(data, result, flagged)
+        return result
 
 
 def _model_ref(answer: Prediction) -> ModelRef:
@@ -255,8 +268,6 @@ def _classification(answer: Prediction, k: int | None) -> Classification:
     label = labels[int(order[0])]
     PREDICTIONS.labels(label=label).inc()
     known = answer.known
-    if known is False:
-        UNKNOWN.inc()
     return Classification(
         label=label, score=float(probs[order[0]]),
         probabilities=[Probability(label=labels[int(i)], score=float(probs[i])) for i in order],

@@ -51,6 +51,12 @@ class Config:
     # ORT_TENSORRT=1: TensorRT first on CUDA, its engines cached in ORT_TRT_CACHE_DIR (default
     # <artifacts>/cache/tensorrt) so that only the first start of a model builds them; None: no TensorRT
     tensorrt_cache: Path | None
+    review_dir: Path | None  # REVIEW_DIR: the review queue (imgcls/review.py); unset: no queue (the default)
+    review_token: str  # REVIEW_TOKEN: bearer token of the /review endpoints (unset: they answer 403)
+    review_max_bytes: int  # REVIEW_MAX_BYTES: the queue's size limit (oldest items out first)
+    review_max_items: int  # REVIEW_MAX_ITEMS: the queue's item limit (oldest items out first)
+    review_sample: float  # REVIEW_SAMPLE: the share of confident answers queued as well
+    low_confidence: float  # LOW_CONFIDENCE: answers scored under this are low-confidence (queued; counted in metrics)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -91,6 +97,12 @@ class Config:
             refusal_rate=_env("REFUSAL_RATE", 10.0, float),
             refusal_burst=_env("REFUSAL_BURST", 50, int),
             tensorrt_cache=Path(_env("ORT_TRT_CACHE_DIR", str(artifacts / "cache" / "tensorrt"))) if tensorrt else None,
+            review_dir=Path(_env("REVIEW_DIR", "")) if _env("REVIEW_DIR", "") else None,
+            review_token=_env("REVIEW_TOKEN", ""),
+            review_max_bytes=_env("REVIEW_MAX_BYTES", 256 << 20, int),
+            review_max_items=_env("REVIEW_MAX_ITEMS", 5_000, int),
+            review_sample=_env("REVIEW_SAMPLE", 0.01, float),
+            low_confidence=_env("LOW_CONFIDENCE", 0.8, float),
         )
 
     def public(self) -> dict:

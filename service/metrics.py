@@ -21,12 +21,24 @@ from prometheus_client import (
 from starlette.requests import Request
 from starlette.responses import Response
 
-__all__ = ["BATCH_SIZE", "DECODE_SECONDS", "HELD", "INFERENCE_SECONDS", "MODEL_ERRORS", "MODEL_INFO", "PREDICTIONS",
-           "REJECTED", "RELOAD_FAILURES", "REQUESTS", "REQUEST_SECONDS", "UNKNOWN", "HttpMetrics", "metrics_endpoint",
+__all__ = ["BATCH_SIZE", "DECODE_SECONDS", "HELD", "INFERENCE_SECONDS", "LOW_CONFIDENCE", "MODEL_ERRORS", "MODEL_INFO",
+           "NOVELTY", "PREDICTIONS", "REJECTED", "RELOAD_FAILURES", "REQUESTS", "REQUEST_SECONDS", "REVIEW_DECISIONS",
+           "REVIEW_DROPPED", "REVIEW_QUEUED", "SCORE", "UNKNOWN", "HttpMetrics", "metrics_endpoint", "observe_answer",
            "render"]
 
 PREDICTIONS = Counter("imgcls_predictions_total", "Images classified, by predicted label", ["label"])
-UNKNOWN = Counter("imgcls_unknown_total", "Answers flagged as neither of the model's classes (known=false)")
+# Drift, per model version: shares are ratios of counters over the answers counted by imgcls_score_count
+# (deploy/alerts.yml), e.g. rate(imgcls_unknown_total[1h]) / rate(imgcls_score_count[1h]).
+UNKNOWN = Counter("imgcls_unknown_total", "Answers flagged as neither of the model's classes (known=false)",
+                  ["version"])
+LOW_CONFIDENCE = Counter("imgcls_low_confidence_total", "Answers whose score is under LOW_CONFIDENCE", ["version"])
+SCORE = Histogram("imgcls_score", "The answered class's calibrated probability", ["version"],
+                  buckets=(0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0))
+NOVELTY = Histogram("imgcls_novelty", "Novelty of answered images (over 1: unknown)", ["version"],
+                    buckets=(0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0))
+REVIEW_QUEUED = Counter("imgcls_review_queued_total", "Photos put in the review queue, by reason", ["reason"])
+REVIEW_DROPPED = Counter("imgcls_review_dropped_total", "Photos not queued for review: the writer was busy or failed")
+REVIEW_DECISIONS = Counter("imgcls_review_decisions_total", "Review decisions, by verdict", ["verdict"])
 REJECTED = Counter("imgcls_rejected_inputs_total", "Rejected inputs, by reason", ["reason"])
 HELD = Counter("imgcls_refusals_held_total", "4xx answers held back by the per-client refusal throttle")
 MODEL_INFO = Gauge("imgcls_model_info", "1 for the model version being served", ["version", "device", "variant"],
@@ -44,6 +56,17 @@ REQUESTS = Counter("imgcls_http_requests_total", "HTTP requests, by endpoint (un
                    ["endpoint", "method", "status"])
 REQUEST_SECONDS = Histogram("imgcls_http_request_seconds", "HTTP request duration, by endpoint", ["endpoint"],
                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+
+
+def observe_answer(version: str, score: float, novelty: float | None, known: bool | None, low_score: float) -> None:
+    """Count one answer in the drift metrics."""
+    SCORE.labels(version=version).observe(score)
+    if novelty is not None:
+        NOVELTY.labels(version=version).observe(novelty)
+    if known is False:
+        UNKNOWN.labels(version=version).inc()
+    if score < low_score:
+        LOW_CONFIDENCE.labels(version=version).inc()
 
 
 def render() -> bytes:

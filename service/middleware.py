@@ -19,7 +19,7 @@ __all__ = ["BARE_ROUTES", "KNOWN_PATHS", "ApiLayers", "upload_routes"]
 def upload_routes(config: Config) -> dict[str, UploadRoute]:
     """The endpoints that take uploads: their file field, how many files, and the other parameters they take."""
     return {
-        "/classify": UploadRoute("image", 1, frozenset({"k"}), check_image=True),
+        "/classify": UploadRoute("image", 1, frozenset({"k", "flag"}), check_image=True),
         "/classify_batch": UploadRoute("images", config.max_batch_images, frozenset({"k"})),
         "/explain": UploadRoute("image", 1, frozenset({"label", "format"}), check_image=True),
         "/feedback": UploadRoute("image", 1, frozenset({"label"})),
@@ -29,7 +29,8 @@ def upload_routes(config: Config) -> dict[str, UploadRoute]:
 # The routes that take no parameters (service/params.py refuses any they are given).
 BARE_ROUTES = frozenset({"/model", "/admin/reload", "/demo", "/metrics", "/livez", "/readyz", "/healthz"})
 KNOWN_PATHS = frozenset({"/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload", "/demo",
-                         "/metrics", "/", "/docs.json", "/schema.json", "/livez", "/readyz", "/healthz"})
+                         "/metrics", "/", "/docs.json", "/schema.json", "/livez", "/readyz", "/healthz",
+                         "/review", "/review/items"})
 
 
 class ApiLayers:
