@@ -25,6 +25,7 @@ from imgcls.images import ImageError, decode_image
 from imgcls.metadata import ModelCard
 from imgcls.promotion import promote
 from imgcls.registry import Registry, default_feedback_dir, now_iso, sha256_file, write_atomic
+from imgcls.review import read_decisions
 from training.data import DataError, Dataset, Sample, create_dataset
 from training.evaluate import evaluate_onnx, evaluate_shifted
 
@@ -108,6 +109,25 @@ def feedback_samples(folder: Path, classes: list[str]) -> list[Sample]:
                     folder / CONFLICTS_FILE)
     return [(p, index[c]) for c in labels for p in sorted((folder / c).iterdir())
             if p.is_file() and not p.name.startswith(".") and p.stem not in conflicted]
+
+
+def reviewed_samples(feedback_dir: Path, train: list[Sample]) -> tuple[list[Sample], int]:
+    """The photos a reviewer labelled on the review page (``reviews.jsonl``) that the candidate trains on, and how
+    many of them the service had answered wrongly when it queued them."""
+    labelled = {d.sha256: d for d in read_decisions(feedback_dir) if d.verdict == "label" and d.sha256
+                and d.outcome in ("stored", "duplicate")}
+    samples = [(p, label) for p, label in train if Path(p).parent.parent == feedback_dir and Path(p).stem in labelled]
+    served_wrong = sum(labelled[Path(p).stem].answered.get("label") != Path(p).parent.name for p, _ in samples)
+    return samples, served_wrong
+
+
+def learned_from_review(base: dict, candidate: dict, served_wrong: int) -> dict[str, int]:
+    """For the reviewed photos (both models scored on the same ones): how many the base gets wrong, and how many of
+    those the candidate gets right."""
+    base_wrong = {m["path"] for m in base["misclassified"]}
+    cand_wrong = {m["path"] for m in candidate["misclassified"]}
+    return {"n": base["n"], "answered_wrong_when_served": served_wrong, "base_wrong": len(base_wrong),
+            "candidate_right_of_base_wrong": len(base_wrong - cand_wrong), "candidate_wrong": len(cand_wrong)}
 
 
 def base_config(meta: dict, *, epochs: int | None = None, aug_views: int | None = None) -> TrainConfig:
@@ -300,6 +320,12 @@ def retrain(registry: Registry, *, new_data: str | Path | Iterable[str | Path], 
         if base_eval["n"] != cand_eval["n"]:
             raise RuntimeError(f"base scored {base_eval['n']} images, candidate {cand_eval['n']}: not comparable")
         report["base"]["metrics"], report["candidate"]["metrics"] = _metrics(base_eval), _metrics(cand_eval)
+        reviewed, served_wrong = reviewed_samples(feedback_dir, ds.splits.get("train", []))
+        if reviewed:  # what the candidate learned from the review page (these photos are in its train split)
+            log.info("scoring both models on the %d reviewed photos", len(reviewed))
+            report["reviewed"] = learned_from_review(evaluate_onnx(base_dir, reviewed, classes, device="cpu"),
+                                                     evaluate_onnx(registry.resolve(candidate), reviewed, classes,
+                                                                   device="cpu"), served_wrong)
         decision = decide(base_eval, cand_eval, min_gain)
         if ood is not None:
             decision = open_set_gate(decision, base_eval, cand_eval, max_ood_drop)
@@ -340,7 +366,16 @@ def _summary(report: dict, out: Path) -> str:
     verdict = "promoted" if d["promote"] else "not promoted"
     return (f"candidate {c['version']} {verdict} (base {b['version']}): {d['reason']}; "
             f"{report['evaluation']['n_files']} {EVAL_SPLIT} images of {report['evaluation']['data']}; "
-            f"feedback images used: {report['data']['feedback']['used']}. Report: {out / 'report.md'}")
+            f"feedback images used: {report['data']['feedback']['used']}{_reviewed_summary(report)}. "
+            f"Report: {out / 'report.md'}")
+
+
+def _reviewed_summary(report: dict) -> str:
+    r = report.get("reviewed")
+    if not r:
+        return ""
+    return (f"; reviewed photos: {r['n']}, the base gets {r['base_wrong']} wrong and the candidate "
+            f"{r['candidate_right_of_base_wrong']} of those right")
 
 
 def _write(out: Path, report: dict) -> None:
@@ -390,6 +425,13 @@ def markdown(report: dict) -> str:
             for s in m.get("shifted") or []:
                 lines.append(f"- {name}: `{s['data']}` {s['answered_neither'] or 0:.2%} of {s['n']} "
                              f"(accuracy {s['accuracy']:.4f})")
+    if report.get("reviewed"):
+        r = report["reviewed"]
+        lines += ["", f"Reviewed photos (labelled on the review page, in the candidate's train split): {r['n']}. "
+                      f"The base gets {r['base_wrong']} of them wrong; the candidate gets "
+                      f"{r['candidate_right_of_base_wrong']} of those right ({r['candidate_wrong']} wrong in all). "
+                      f"The service had answered {r['answered_wrong_when_served']} of them wrongly when it queued "
+                      "them."]
     lines += ["", f"`current` at the start: `{report['current_at_start']}`.", "",
               "## Candidate training data", "",
               "| source | used | train | val | dropped (in eval split / duplicate) |", "|---|---|---|---|---|"]
