@@ -189,15 +189,24 @@ class ReviewQueue:
         shutil.rmtree(claimed, ignore_errors=True)
 
     def sweep(self) -> None:
-        """Remove what a crashed writer left: ``.tmp`` and ``.trash`` entries older than ten minutes."""
+        """Clean up after a crash: ``.tmp`` and ``.trash`` entries older than ten minutes are removed, except a claim
+        whose decision never finished, which goes back into the queue (within the limits) to be reviewed again."""
         cutoff = time.time() - _STALE_S
         for d in (self.tmp_dir, self.trash_dir):
             for p in d.iterdir():
                 try:
-                    if p.stat().st_mtime < cutoff:
-                        shutil.rmtree(p, ignore_errors=True)
+                    if p.stat().st_mtime >= cutoff:
+                        continue
                 except FileNotFoundError:
                     continue
+                item_id = p.name.removeprefix("claimed-")
+                if p.name.startswith("claimed-") and _ID.fullmatch(item_id):
+                    with self._locked():
+                        count, used = self.usage()
+                        if count < self.max_items and used + _size(item_id) <= self.max_bytes:
+                            os.rename(p, self.items_dir / item_id)
+                            continue
+                shutil.rmtree(p, ignore_errors=True)
 
     def _folder(self, item_id: str) -> Path:
         if not _ID.fullmatch(item_id):

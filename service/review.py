@@ -94,10 +94,12 @@ async def _cam(request: Request, svc: Any, queue: ReviewQueue) -> Response:
 
 
 async def _decision_body(request: Request, labels: list[str]) -> tuple[str, str | None]:
-    body = await request.body()
-    if len(body) > _MAX_DECISION_BYTES:
-        raise ImgclsError(413, "body_too_large", f"a decision is a small JSON object (at most {_MAX_DECISION_BYTES} "
-                                                 "bytes)")
+    body = b""
+    async for chunk in request.stream():  # read no more than a decision can be
+        body += chunk
+        if len(body) > _MAX_DECISION_BYTES:
+            raise ImgclsError(413, "body_too_large", f"a decision is a small JSON object (at most "
+                                                     f"{_MAX_DECISION_BYTES} bytes)")
     try:
         data = json.loads(body)
     except ValueError as e:

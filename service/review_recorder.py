@@ -11,6 +11,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from typing import Any
 
 from imgcls.images import decode_image
@@ -23,6 +24,7 @@ from service.schemas import Classification
 __all__ = ["PENDING", "ReviewRecorder"]
 log = logging.getLogger("imgcls.review")
 PENDING = 8  # uploads held for the writer at most (each at most MAX_BODY_BYTES)
+SWEEP_S = 600  # how often the writer cleans up after crashed writers and reviewers (ReviewQueue.sweep)
 
 
 class ReviewRecorder:
@@ -55,9 +57,13 @@ class ReviewRecorder:
         return reason
 
     def _write_loop(self) -> None:
+        swept = time.monotonic()
         while True:
             data, record = self._pending.get()
             try:
+                if time.monotonic() - swept > SWEEP_S:
+                    swept = time.monotonic()
+                    self.queue.sweep()
                 img = decode_image(data, draft_size=STORED_MAX_SIDE, max_pixels=self.config.max_pixels,
                                    max_pixels_full=self.config.max_pixels_full)
                 if self.queue.add(encode(img), record) is None:

@@ -101,6 +101,15 @@ def test_a_claim_is_taken_once_and_put_back_when_the_decision_fails(tmp_path: Pa
     assert q.ids() == [] and q.get(item_id) is None
     with q.claim("../../etc") as claimed:
         assert claimed is None
+    # A reviewer's process that died mid-decision: after ten minutes its claim goes back into the queue.
+    abandoned = q.add(b"jpeg2", {"label": "blue"})
+    os.rename(q.items_dir / abandoned, q.trash_dir / f"claimed-{abandoned}")
+    q.sweep()
+    assert q.ids() == []
+    old = time.time() - 3600
+    os.utime(q.trash_dir / f"claimed-{abandoned}", (old, old))
+    q.sweep()
+    assert q.ids() == [abandoned] and q.image(abandoned) == b"jpeg2"
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +177,8 @@ def test_answers_are_queued_as_reencoded_pixels_and_decisions_become_feedback(re
     _error(post(items[0], {"verdict": "maybe"}), 422, "bad_verdict")
     _error(post(items[0], {"verdict": "label", "label": "purple"}), 422, "unknown_label")
     _error(review_api.post(f"/review/items/{items[0]['id']}", headers=AUTH, content=b"{"), 400, "bad_json")
+    _error(review_api.post(f"/review/items/{items[0]['id']}", headers=AUTH, content=b" " * 5000), 413,
+           "body_too_large")
     ok = post(items[0], {"verdict": "label", "label": "red"})
     assert ok.status_code == 200 and ok.json()["outcome"] == "stored", ok.text
     sha = ok.json()["sha256"]
