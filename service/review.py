@@ -25,11 +25,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from imgcls.cam import overlay_png
 from imgcls.errors import ImgclsError
 from imgcls.review import VERDICTS, Decision, ReviewQueue, record_decision
 from service.auth import bearer_matches
 from service.errors import error_response
-from service.heatmap import overlay_png
 from service.metrics import REJECTED, REVIEW_DECISIONS
 
 __all__ = ["LIST_LIMIT", "REVIEW_ROUTES"]

@@ -44,7 +44,7 @@ def _usage_locked(q: ReviewQueue) -> tuple[int, int]:
 def test_limits_hold_under_concurrent_writers_in_several_processes(tmp_path: Path) -> None:
     max_bytes, max_items = 12_000, 15
     q = ReviewQueue(tmp_path, max_bytes=max_bytes, max_items=max_items)
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that runs other tests' ONNX Runtime threads
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), 60, s, max_bytes, max_items)) for s in range(4)]
     for p in procs:
         p.start()
