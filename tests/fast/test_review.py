@@ -211,3 +211,14 @@ def test_the_queue_is_off_by_default(tiny_registry: Path, monkeypatch) -> None:
 
     with TestClient(ImageClassifier.to_asgi(), raise_server_exceptions=False) as client:
         _error(client.get("/review/items", headers=AUTH), 403, "review_disabled")
+
+
+def test_an_overlong_parameter_value_is_a_400_not_a_500(review_api) -> None:
+    """BentoML's parser calls json.loads on each value: an integer of 5,000 digits would escape from it as a 500."""
+    img = synthetic.image_bytes("red", 11)
+    for name in ("flag", "k"):
+        _error(review_api.post(f"/classify?{name}={'9' * 5000}", content=img, headers={"content-type": "image/jpeg"}),
+               400, "bad_parameter")
+        _error(review_api.post("/classify", files={"image": ("x.jpg", img, "image/jpeg")}, data={name: "9" * 5000}),
+               400, "bad_parameter")
+    assert review_api.post("/classify?flag=false&k=1", content=img, headers={"content-type": "image/jpeg"}).is_success
