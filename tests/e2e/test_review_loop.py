@@ -94,8 +94,8 @@ def _wait_queued(url: str, n: int, timeout: float = 30) -> list[dict]:
 
 
 def review_in_browser(browser, url: str, truth: list[str]) -> list[str]:
-    """Label the queued photos on /review: the even ones with the keyboard, the odd ones with the mouse; the last
-    one is marked unusable. Returns the ids decided, in order."""
+    """Label the queued photos on /review: the even ones with the keyboard (Enter confirms a right answer, a digit
+    picks the class), the odd ones with the mouse; the last one is marked unusable. Returns the ids decided."""
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 900, "height": 900})
@@ -118,6 +118,8 @@ def review_in_browser(browser, url: str, truth: list[str]) -> list[str]:
                                " return i.complete && i.naturalWidth > 0; })", timeout=60_000)
         if i == len(items) - 1:
             page.get_by_test_id("unusable").click()
+        elif i % 2 == 0 and item["label"] == truth[i] and item["known"] is not False:
+            page.keyboard.press("Enter")  # confirms the model's answer
         elif i % 2 == 0:
             page.keyboard.press(str(labels.index(truth[i]) + 1))
         else:
