@@ -53,6 +53,7 @@ RULES: dict[str, IntParam | TextParam | ChoiceParam] = {
     "k": IntParam(),
     "label": TextParam(),
     "format": ChoiceParam(("png", "json")),
+    "flag": ChoiceParam(("true", "false", "1", "0")),
 }
 
 

@@ -76,18 +76,6 @@ def encode_multipart(files: list[tuple[str, str, str, bytes]], fields: dict[str,
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-MAX_VALUE_CHARS = 64  # a parameter (k, flag, label, format) is a short word or number
-
-
-def _check_values(values: dict[str, str]) -> None:
-    """Refuse a parameter value too long to be one: BentoML's parser calls ``json.loads`` on each, and an integer of
-    over 4,300 digits would escape from it as a 500."""
-    for key, value in values.items():
-        if len(value) > MAX_VALUE_CHARS:
-            raise ImgclsError(400, "bad_parameter", f"parameter {key!r} is {len(value)} characters long; "
-                                                    f"the limit is {MAX_VALUE_CHARS}")
-
-
 class UploadRequests:
     """ASGI middleware in front of the upload endpoints (``routes``: path -> :class:`UploadRoute`)."""
 
@@ -187,10 +175,8 @@ class UploadRequests:
         query = checked(parse_query(scope.get("query_string", b"")), route.params, "query")
         if not body:
             raise ImgclsError(400, "empty", "the request body is empty; send an image")
-        _check_values(query)
         if ctype == "multipart/form-data":
             files, fields, rename = await self._read_form(scope, body, route)
-            _check_values(fields)
             self._check_images(files, route)
             if not query and not rename:
                 return scope, body

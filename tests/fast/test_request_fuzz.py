@@ -79,6 +79,8 @@ def test_parameter_rules_match_the_endpoint_signatures() -> None:
                 assert isinstance(rule, ChoiceParam) and set(rule.choices) == set(typing.get_args(kind)), name
             elif args[0] is int:
                 assert isinstance(rule, IntParam), name
+            elif args[0] is bool:
+                assert isinstance(rule, ChoiceParam) and set(rule.choices) == {"true", "false", "1", "0"}, name
             else:
                 assert args[0] is str and isinstance(rule, TextParam), name
 
