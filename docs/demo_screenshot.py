@@ -9,6 +9,7 @@ Needs Playwright and Debian's chromium (``pip install -e .[test]``, ``apt-get in
 from __future__ import annotations
 
 import argparse
+import io
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def drawn_cat(size: int = 320) -> Image.Image:
     return img
 
 
+def save_page(page, out: Path) -> None:
+    """A full-page screenshot of a Playwright ``page`` as a PNG at ``out``."""
+    shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    # 256 colours keep the flat page and the drawing sharp at a fraction of the size
+    shot.quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="base URL of a running server with a model")
@@ -64,13 +72,9 @@ def main() -> None:
         expect(page.get_by_test_id("label")).not_to_be_empty(timeout=60_000)
         page.wait_for_function("() => document.querySelector('[data-testid=cam]').naturalWidth > 0", timeout=60_000)
         page.locator("#drop").focus()  # show the visible focus ring too
-        shot = Path(tmp) / "shot.png"
-        page.screenshot(path=str(shot), full_page=True)
-        # 256 colours keep the flat page and the drawing sharp at a fraction of the size
+        save_page(page, args.out)
         label = page.get_by_test_id("label").inner_text()
         browser.close()
-        # 256 colours keep the flat page and the drawing sharp at a fraction of the size
-        Image.open(shot).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(args.out, optimize=True)
     print(f"{args.out}: {args.out.stat().st_size / 1024:.0f} KiB; the page said {label!r}")
 
 

@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import tempfile
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 
-def drawn_cat() -> Image.Image:
-    """docs/demo_screenshot.py's cartoon cat (one drawing for both screenshots)."""
+def _demo_screenshot():
+    """docs/demo_screenshot.py (a script, not a package): its drawn cat and its page saver serve both screenshots."""
     spec = importlib.util.spec_from_file_location("demo_screenshot", Path(__file__).with_name("demo_screenshot.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.drawn_cat()
+    return module
 
 
 def main() -> None:
@@ -37,12 +35,13 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import expect, sync_playwright
 
+    demo = _demo_screenshot()
     buf = io.BytesIO()
-    drawn_cat().save(buf, "PNG")
+    demo.drawn_cat().save(buf, "PNG")
     r = httpx.post(f"{args.url}/classify?flag=true", files={"image": ("cat.png", buf.getvalue(), "image/png")},
                    timeout=60)
     r.raise_for_status()
-    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 820, "height": 760})
         page.goto(f"{args.url}/review")
@@ -51,12 +50,9 @@ def main() -> None:
         expect(page.get_by_test_id("answer")).not_to_be_empty(timeout=60_000)
         page.wait_for_function("() => ['photo', 'cam'].every(id => document.getElementById(id).naturalWidth > 0)",
                                timeout=60_000)
-        shot = Path(tmp) / "shot.png"
-        page.screenshot(path=str(shot), full_page=True)
+        demo.save_page(page, args.out)
         answer = page.get_by_test_id("answer").inner_text()
         browser.close()
-        # 256 colours keep the flat page and the drawing sharp at a fraction of the size
-        Image.open(shot).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(args.out, optimize=True)
     print(f"{args.out}: {args.out.stat().st_size / 1024:.0f} KiB; the page said {answer!r}")
 
 
