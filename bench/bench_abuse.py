@@ -1,6 +1,6 @@
 """Valid-request latency and server memory while clients loop expensive images.
 
-    python -m bench.bench_abuse --artifacts DIR [--seconds 30] [--abusers 4] [--service MODULE:CLASS]
+    python -m bench.bench_abuse --artifacts DIR [--seconds 30] [--abusers 4]
 
 Phases, same server, same run: (1) quiet: one client loops valid photos; (2) the same client while ``--abusers``
 clients loop the issue's 1.9 kB lossless WebP of 7000x7000; (3) the same with the costliest WebP still under the
@@ -88,8 +88,6 @@ def main() -> None:
     p.add_argument("--artifacts", type=Path, required=True)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--abusers", type=int, default=4)
-    p.add_argument("--service", default="service.service:ImageClassifier", help="what imgcls serve runs "
-                   "(service.two_services:ImageClassifierTwoServices: the API and the model as two services)")
     args = p.parse_args()
     photos = sorted((DATA / "test").glob("*/*.jpg"))[:50]
     if not photos:
@@ -99,7 +97,7 @@ def main() -> None:
     bombs = {"7000x7000 lossless WebP (issue)": webp(7000),
              f"{under}x{under} lossless WebP (at the limit)": webp(under)}
     port = free_port()
-    cmd = [sys.executable, "-m", "cli", "serve", args.service, "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-abuse-{port}.log"
     with server(cmd, port, {"ARTIFACTS_DIR": str(args.artifacts), "BENTOML_DISABLE_GPU_ALLOCATION": "1"}, log) as url:
         pid = find_server_pid(port)

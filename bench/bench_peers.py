@@ -5,7 +5,7 @@
                                 [--service-env NAME:K=V,K=V] [--json bench/results/peers.json]
 
 Servers: ``service`` (``imgcls serve``), ``service-2workers`` (two BentoML workers, one ONNX Runtime thread each),
-``service-two-services`` (``service.two_services``), ``bentoml-example``, ``litserve``, ``rayserve``, ``torchserve``
+``bentoml-example``, ``litserve``, ``rayserve``, ``torchserve``
 (their pins: the ``peers`` extra); ``--service-env`` adds the service with other settings, to measure one in the
 same run.
 
@@ -135,8 +135,6 @@ PEERS = [
     # Two BentoML worker processes, each with one ONNX Runtime thread (NOTES.md: more threads than cores collapse)
     Peer("service-2workers", "bentoml", "/classify",
          _service(BENTOML_CONFIG_OPTIONS="services.image_classifier.workers=2", ORT_THREADS="1"), ours=True),
-    Peer("service-two-services", "bentoml", "/classify", _service("service.two_services:ImageClassifierTwoServices"),
-         ours=True),
     Peer("bentoml-example", "bentoml", "/classify", _bentoml_example),
     Peer("litserve", "litserve", "/classify", _litserve),
     Peer("rayserve", "ray", "/classify", _rayserve),

@@ -2,7 +2,7 @@
 
     python -m bench.bench_serving [--model current] [--clients 16] [--requests 1500] [--rounds 3] [--json FILE]
 
-Prints: throughput with N concurrent clients (our BentoML service, in one process and split in two; the
+Prints: throughput with N concurrent clients (our BentoML service; the
 in-process pipeline, decode threads + ONNX Runtime, at each batch size in --batch-sizes, compared at its best; the
 naive FastAPI + torch eager server) and unloaded single-request latency against in-process latency.
 Targets: HTTP >= 0.8 x in-process at its best batch size, >= 2 x naive; unloaded p50 <= in-process p50 + 10 ms.
@@ -26,8 +26,7 @@ from imgcls.onnx_model import OnnxClassifier
 from imgcls.registry import Registry
 from tests.live_server import free_port, metric, server_process
 
-SERVICES = {"http": "service.service:ImageClassifier",  # the default: one process
-            "split": "service.two_services:ImageClassifierTwoServices"}  # the API and a model service (bentoml.depends)
+SERVICES = {"http": "service.service:ImageClassifier"}
 
 
 def in_process_latency(model: OnnxClassifier, bodies: list[bytes]) -> list[float]:
@@ -77,8 +76,6 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=1500, help="per measurement (longer runs: steadier figures)")
     p.add_argument("--batch-sizes", default="1,4,8,16,32", help="in-process batch sizes to try")
-    p.add_argument("--services", default="http,split", help="which of our topologies to serve: http (one process, "
-                   "the default service) and split (API + model service); ratios are of the first")
     p.add_argument("--rounds", type=int, default=3, help="measure everything this many times (alternating the "
                    "order of the servers); the round with the median ratio is reported")
     p.add_argument("--skip-naive", action="store_true")
@@ -96,7 +93,7 @@ def main() -> None:
 
     env = {"ARTIFACTS_DIR": str(registry.root), "MODEL": str(model_dir), "MODEL_POLL_S": "0",
            "BENTOML_DISABLE_GPU_ALLOCATION": "1"}
-    names = [name for name in SERVICES if name in args.services.split(",")]
+    names = list(SERVICES)
     rounds: list[dict] = []
     for r in range(args.rounds):  # each round measures everything once; the median round's figures are reported
         row: dict = {}
@@ -131,8 +128,6 @@ def main() -> None:
     rps = results[main_name]["rps"]
     results["ratios"] = {"http_vs_in_process": rps / local_ips,  # of the median round
                          "unloaded_p50_minus_in_process_ms": results[main_name]["unloaded_p50_ms"] - pct(local, 50)}
-    if "split" in results and main_name != "split":
-        results["ratios"]["split_http_vs_in_process"] = results["split"]["rps"] / local_ips
     if "naive" in results:
         results["ratios"]["http_vs_naive"] = rps / results["naive"]["rps"]
     print(f"model {model.version} on {model.providers[0]}, {os.cpu_count()} CPUs, {args.clients} clients")

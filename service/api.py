@@ -3,7 +3,7 @@
 Typed BentoML endpoints (schemas: service/schemas.py), decoding and cropping here, inference through
 ``self.model_client`` (service/model_client.py). An endpoint raises :class:`~imgcls.errors.ImgclsError`;
 :func:`answers_errors` turns it into the JSON ``{"error", "detail"}`` answer (:func:`service.errors.error_response`).
-The services that serve this API: service/service.py (one process) and service/two_services.py.
+The service that serves this API: service/service.py.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from service.errors import error_response, overloaded
 from service.lifecycle import exit_with_parent
 from service.logs import configure_json_logging
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, metrics_endpoint, observe_answer
-from service.model_client import LocalModel, RemoteModel
+from service.model_client import LocalModel
 from service.review import REVIEW_ROUTES
 from service.review_recorder import ReviewRecorder
 from service.schemas import BatchItem, BatchResult, Classification, FeedbackReceipt, ModelRef, Probability
@@ -81,9 +81,9 @@ web = Starlette(routes=[Route("/demo", _demo_page), Route("/model", _model_get, 
 class ClassifierApi:
     """Cats vs dogs (or whatever labels the served model carries): classify, explain, take feedback.
 
-    The endpoints, whichever way the model is reached (``self.model_client``: a LocalModel or a RemoteModel)."""
+    The endpoints; the model is reached through ``self.model_client``."""
 
-    def __init__(self, config: Config, model_client: LocalModel | RemoteModel) -> None:
+    def __init__(self, config: Config, model_client: LocalModel) -> None:
         configure_json_logging()
         exit_with_parent()
         self.config = config

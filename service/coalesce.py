@@ -1,9 +1,8 @@
 """Adaptive batching of single-image requests: crops waiting while the model is busy go in together.
 
 An idle service sends a lone request at once (no added latency); while ``max_in_flight`` calls run, new crops
-queue, and the next call takes all of them (up to ``max_batch``). In one process (``LocalModel``) one call at a
-time keeps ONNX Runtime's threads on every core; towards a separate model service (``RemoteModel``) fewer, larger
-calls also save the cost of a request in both processes per image, and BentoML's batching merges what overlaps.
+queue, and the next call takes all of them (up to ``max_batch``). One call at a time (``LocalModel``) keeps ONNX
+Runtime's threads on the batch at hand.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ class Coalescer:
     """``await submit(item)`` -> its answer from ``send(items)``, with at most ``max_in_flight`` calls at a time."""
 
     def __init__(self, send: Callable[[list[Any]], Awaitable[list[Any]]], max_batch: int,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 1) -> None:
         self.send, self.max_batch, self.max_in_flight = send, max_batch, max_in_flight
         self.pending: list[tuple[Any, asyncio.Future]] = []
         self.in_flight = 0

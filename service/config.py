@@ -13,8 +13,21 @@ from pathlib import Path
 from imgcls.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS_FULL
 from imgcls.registry import DEFAULT_ROOT, default_feedback_dir
 
-__all__ = ["Config"]
+__all__ = ["Config", "usable_cpus"]
 _TRUE = ("1", "true", "yes")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (``taskset``), within a cgroup v2 CPU quota (a container's
+    ``--cpus``) where there is one."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 @dataclass(frozen=True)
@@ -23,9 +36,10 @@ class Config:
     artifacts: Path  # ARTIFACTS_DIR
     device: str  # DEVICE: auto | cuda | cpu (cuda where CUDA cannot start is an error at start-up)
     variant: str  # MODEL_VARIANT: auto | fp32 | int8 | fp16 (auto: fp16 on CUDA, int8 on CPUs with VNNI/AMX)
-    ort_threads: int  # ORT_THREADS: ONNX Runtime intra-op threads (0: one per core)
+    workers: int  # WORKERS: server processes, each with its own model (one per usable CPU: usable_cpus)
+    tracing: bool  # TRACING=1: BentoML's OpenTelemetry spans for every request (off: they cost CPU on each one)
+    ort_threads: int  # ORT_THREADS: ONNX Runtime intra-op threads per worker (usable CPUs / WORKERS)
     max_batch_size: int  # MAX_BATCH_SIZE: largest model batch the adaptive batcher forms
-    max_latency_ms: int  # MAX_LATENCY_MS: the longest wait in BentoML's batcher before a 503 (two_services)
     max_body_bytes: int  # MAX_BODY_BYTES: request bodies over this get 413
     max_pixels: int  # MAX_PIXELS: JPEGs over this get 413 (checked before decoding; they decode at reduced scale)
     max_batch_images: int  # MAX_BATCH_IMAGES: /classify_batch requests with more images get 413
@@ -40,12 +54,11 @@ class Config:
     feedback_max_bytes: int  # FEEDBACK_MAX_BYTES: total size of stored feedback; beyond it 507
     feedback_max_files: int  # FEEDBACK_MAX_FILES: stored feedback images; beyond it 507
     max_pixels_full: int  # MAX_PIXELS_FULL: the pixel limit for formats decoded at full size (PNG, WebP, ...)
-    shutdown_grace_s: float  # SHUTDOWN_GRACE_S: after SIGTERM the model service answers this long (in-flight work)
     stall_timeout_s: float  # BODY_STALL_TIMEOUT_S: an upload that sends nothing for this long gets 408
     upload_budget_bytes: int  # UPLOAD_BUDGET_BYTES: upload bytes held in memory at once (service/upload_budget.py)
     upload_wait_s: float  # UPLOAD_WAIT_S: an upload waits this long for room in that budget, then gets 503 (keep it
     # well under the 60 s request timeout of the service options, past which BentoML itself answers 504)
-    decode_threads: int  # DECODE_THREADS: images decoded at once (bounds decoding CPU and memory)
+    decode_threads: int  # DECODE_THREADS: images a worker decodes at once (bounds decoding CPU and memory)
     refusal_rate: float  # REFUSAL_RATE: a client's 4xx answers beyond its burst go out at this rate a second (0: off)
     refusal_burst: int  # REFUSAL_BURST: 4xx answers a client gets at once before they are held back
     # ORT_TENSORRT=1: TensorRT first on CUDA, its engines cached in ORT_TRT_CACHE_DIR (default
@@ -66,15 +79,20 @@ class Config:
             return default if raw in (None, "") else cast(raw)
 
         artifacts = Path(_env("ARTIFACTS_DIR", str(DEFAULT_ROOT)))
+        cpus = usable_cpus()
+        workers = _env("WORKERS", cpus, int)
+        if workers < 1:
+            raise ValueError(f"WORKERS must be at least 1, not {workers}")
         tensorrt = _env("ORT_TENSORRT", "") in _TRUE
         return cls(
             model=_env("MODEL", "current"),
             artifacts=artifacts,
             device=_env("DEVICE", "auto"),
             variant=_env("MODEL_VARIANT", "auto"),
-            ort_threads=_env("ORT_THREADS", 0, int),
+            workers=workers,
+            tracing=_env("TRACING", "0") in _TRUE,
+            ort_threads=_env("ORT_THREADS", max(1, cpus // max(1, workers)), int),
             max_batch_size=_env("MAX_BATCH_SIZE", 32, int),
-            max_latency_ms=_env("MAX_LATENCY_MS", 10_000, int),
             max_body_bytes=_env("MAX_BODY_BYTES", 10 * 1024 * 1024, int),
             max_pixels=_env("MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
             max_batch_images=_env("MAX_BATCH_IMAGES", 64, int),
@@ -89,11 +107,10 @@ class Config:
             feedback_max_bytes=_env("FEEDBACK_MAX_BYTES", 1 << 30, int),
             feedback_max_files=_env("FEEDBACK_MAX_FILES", 20_000, int),
             max_pixels_full=_env("MAX_PIXELS_FULL", DEFAULT_MAX_PIXELS_FULL, int),
-            shutdown_grace_s=_env("SHUTDOWN_GRACE_S", 5.0, float),
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             upload_budget_bytes=_env("UPLOAD_BUDGET_BYTES", 128 * 1024 * 1024, int),
             upload_wait_s=_env("UPLOAD_WAIT_S", 30.0, float),
-            decode_threads=_env("DECODE_THREADS", max(2, os.cpu_count() or 1), int),
+            decode_threads=_env("DECODE_THREADS", max(2, cpus // max(1, workers)), int),
             refusal_rate=_env("REFUSAL_RATE", 10.0, float),
             refusal_burst=_env("REFUSAL_BURST", 50, int),
             tensorrt_cache=Path(_env("ORT_TRT_CACHE_DIR", str(artifacts / "cache" / "tensorrt"))) if tensorrt else None,

@@ -1,5 +1,5 @@
-"""Inference on the served model: :class:`Inference`, plain Python, called in the API's process
-(:class:`service.model_client.LocalModel`) or in the two-service topology's model service (service/two_services.py).
+"""Inference on the served model: :class:`Inference`, plain Python, called by the endpoints through
+:class:`service.model_client.LocalModel`.
 
 :meth:`Inference.infer` takes uint8 crops already decoded and cropped by the API; it normalises them, runs one
 ONNX Runtime batch and checks the outputs. It answers each crop on its own (a :class:`~service.answers.Prediction`

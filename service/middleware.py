@@ -1,12 +1,14 @@
 """The HTTP layers every topology puts in front of its endpoints, built from the settings in one place.
 
-Outermost first: metrics and the request id see every request; the refusal throttle holds back floods of 4xx
-answers; errors are reshaped to ``{"error", "detail"}``; uploads are read, bounded and checked before an endpoint.
+Outermost first: with several workers, keep-alive connections are recycled so that they spread over the workers;
+metrics and the request id see every request; the refusal throttle holds back floods of 4xx answers; errors are
+reshaped to ``{"error", "detail"}``; uploads are read, bounded and checked before an endpoint.
 """
 from __future__ import annotations
 
 from service.config import Config
 from service.errors import JsonErrors
+from service.keepalive import ConnectionRecycle
 from service.logs import RequestIdAndAccessLog
 from service.metrics import HttpMetrics
 from service.throttle import RefusalThrottle
@@ -14,6 +16,9 @@ from service.upload_budget import ByteBudget
 from service.uploads import UploadRequests, UploadRoute
 
 __all__ = ["BARE_ROUTES", "KNOWN_PATHS", "ApiLayers", "upload_routes"]
+# With several workers, a keep-alive connection ends after this many requests (service/keepalive.py): often enough
+# to even out a burst of connections within seconds, rarely enough that the reconnections cost next to nothing.
+KEEPALIVE_REQUESTS = 16
 
 
 def upload_routes(config: Config) -> dict[str, UploadRoute]:
@@ -42,12 +47,14 @@ class ApiLayers:
         app = UploadRequests(app, routes=upload_routes(config), max_body_bytes=config.max_body_bytes,
                              stall_timeout_s=config.stall_timeout_s, max_pixels=config.max_pixels,
                              max_pixels_full=config.max_pixels_full, bare_routes=BARE_ROUTES,
-                             budget=ByteBudget(max(config.upload_budget_bytes, config.max_body_bytes),
-                                               config.upload_wait_s))
+                             # UPLOAD_BUDGET_BYTES bounds the whole server: each worker holds its share
+                             budget=ByteBudget(max(config.upload_budget_bytes // config.workers,
+                                                   config.max_body_bytes), config.upload_wait_s))
         app = JsonErrors(app)
         app = RefusalThrottle(app, rate=config.refusal_rate, burst=config.refusal_burst)
         app = RequestIdAndAccessLog(app)
-        self.app = HttpMetrics(app, endpoints=KNOWN_PATHS)
+        app = HttpMetrics(app, endpoints=KNOWN_PATHS)
+        self.app = ConnectionRecycle(app, KEEPALIVE_REQUESTS) if config.workers > 1 else app
 
     async def __call__(self, scope, receive, send) -> None:
         await self.app(scope, receive, send)

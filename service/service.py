@@ -1,8 +1,8 @@
-"""The HTTP API in one process: ``bentoml serve service.service:ImageClassifier`` (``imgcls serve``).
+"""The HTTP API: ``bentoml serve service.service:ImageClassifier`` (``imgcls serve``).
 
-The endpoints are :class:`service.api.ClassifierApi`; here inference runs in this process
-(:class:`service.model_client.LocalModel`). service/two_services.py serves the same API with the model in a separate
-BentoML service. Every error is JSON ``{"error", "detail"}`` with a 4xx/503 status. Settings: service/config.py.
+The endpoints are :class:`service.api.ClassifierApi`; each worker process runs inference itself
+(:class:`service.model_client.LocalModel`). Every error is JSON ``{"error", "detail"}`` with a 4xx/503 status.
+Settings: service/config.py.
 """
 from __future__ import annotations
 
@@ -42,14 +42,21 @@ class DescribedService(bentoml.Service):
         return self.description or super().doc
 
 
+# BentoML fixes a service's processes and tracing when the class is decorated: these two settings are the only
+# ones read at import (every other one when a worker builds its service).
+_LAYOUT = Config.from_env()
 SERVICE_OPTIONS = dict(
     name="image_classifier",
     description=DESCRIPTION,
     service_class=DescribedService,
-    workers=1,
+    # One Python process cannot keep more than about one core busy (docs/request_path.md): one worker per usable
+    # CPU, each with its own model, ONNX Runtime threads = usable CPUs / workers.
+    workers=_LAYOUT.workers,
     traffic={"timeout": 60},
     metrics={"enabled": False},  # service/metrics.py: BentoML's label each raw path (unbounded series)
     logging={"access": {"enabled": False}},  # service/logs.py writes one JSON line per request
+    # BentoML's OpenTelemetry middleware costs CPU on every request even with no exporter: off unless TRACING=1.
+    **({} if _LAYOUT.tracing else {"tracing": {"excluded_urls": [".*"]}}),
 )
 
 
@@ -63,7 +70,7 @@ def with_middlewares(svc):
 @bentoml.service(**SERVICE_OPTIONS)
 @bentoml.asgi_app(web, path="/")
 class ImageClassifier(ClassifierApi):
-    """The service in one process: the API decodes, and ONNX Runtime runs the coalesced batches beside it."""
+    """The service, in each worker: the API decodes, and ONNX Runtime runs the coalesced batches beside it."""
 
     def __init__(self) -> None:
         config = Config.from_env()

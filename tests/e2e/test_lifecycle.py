@@ -1,6 +1,5 @@
 """The server's processes: SIGTERM lets an in-flight request finish; a killed parent leaves no worker behind.
-Both topologies (one process, and the split into an API and a model service). On the tiny ONNX model
-(tests/tiny_model.py): no photos needed."""
+With one worker and with two. On the tiny ONNX model (tests/tiny_model.py): no photos needed."""
 from __future__ import annotations
 
 import io
@@ -27,15 +26,15 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-# service -> the worker processes `bentoml serve` starts for it
-TOPOLOGIES = {"service.service:ImageClassifier": 1, "service.two_services:ImageClassifierTwoServices": 2}
+WORKERS = (1, 2)  # the worker processes `bentoml serve` starts (WORKERS)
 
 
-def start(registry: Path, log: Path, service: str = "service.service:ImageClassifier") -> tuple[subprocess.Popen, str]:
+def start(registry: Path, log: Path, workers: int = 1) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([PY, "-m", "cli", "serve", service, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([PY, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=ROOT,
-                            env=child_env(ARTIFACTS_DIR=str(registry), BENTOML_DISABLE_GPU_ALLOCATION="1"),
+                            env=child_env(ARTIFACTS_DIR=str(registry), BENTOML_DISABLE_GPU_ALLOCATION="1",
+                                          WORKERS=str(workers)),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -71,11 +70,11 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@pytest.mark.parametrize("service", TOPOLOGIES)
-def test_sigterm_finishes_the_request_in_flight(tmp_path: Path, service: str) -> None:
+@pytest.mark.parametrize("workers", WORKERS)
+def test_sigterm_finishes_the_request_in_flight(tmp_path: Path, workers: int) -> None:
     reg = Registry(tmp_path / "artifacts")
     add_tiny_version(reg, promote=True)
-    proc, url = start(reg.root, tmp_path / "server.log", service)
+    proc, url = start(reg.root, tmp_path / "server.log", workers)
     body, answer = png(), {}
 
     def slow_body():
@@ -96,19 +95,19 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path: Path, service: str) ->
     assert proc.wait(60) is not None
 
 
-@pytest.mark.parametrize("service", TOPOLOGIES)
-def test_killing_the_parent_leaves_no_worker(tmp_path: Path, service: str) -> None:
+@pytest.mark.parametrize("workers", WORKERS)
+def test_killing_the_parent_leaves_no_worker(tmp_path: Path, workers: int) -> None:
     reg = Registry(tmp_path / "artifacts")
     add_tiny_version(reg, promote=True)
-    proc, url = start(reg.root, tmp_path / "server.log", service)
-    workers = descendants(proc.pid)
-    assert len(workers) >= TOPOLOGIES[service]
+    proc, url = start(reg.root, tmp_path / "server.log", workers)
+    children = descendants(proc.pid)
+    assert len(children) >= workers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
-    deadline = time.monotonic() + 45  # SHUTDOWN_GRACE_S (5 s) and a graceful stop
-    while any(alive(w) for w in workers) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 45  # a graceful stop
+    while any(alive(w) for w in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [w for w in workers if alive(w)]
+    left = [w for w in children if alive(w)]
     commands = {w: Path(f"/proc/{w}/cmdline").read_bytes().replace(b"\0", b" ")[:160] for w in left}
     for w in left:
         os.kill(w, signal.SIGKILL)

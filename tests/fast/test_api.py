@@ -1,6 +1,5 @@
 """Every endpoint and every error of the HTTP API, in process: BentoML's own ASGI app under Starlette's test client,
-on the tiny model (the two-service topology too, its model service as a local dependency). No photos, no network, no
-server."""
+on the tiny model. No photos, no network, no server."""
 from __future__ import annotations
 
 import asyncio
@@ -256,31 +255,6 @@ def test_waiting_crops_travel_together_and_failures_reach_every_waiter() -> None
     assert answers == [i * 10 for i in range(20)]  # each waiter gets its own answer, in order
     assert [len(c) for c in calls[:4]] == [1, 8, 8, 3]  # the first goes at once, the rest wait for it together
     assert failed == ["int", "RuntimeError", "RuntimeError"]  # -1 and 5 travelled together: both see the failure
-
-
-def test_the_split_topology_answers_the_same(tiny_registry: Path, monkeypatch) -> None:
-    """service.two_services: the same API with the model in a ModelService reached through bentoml.depends (here a local
-    dependency) gives the same answers, errors included."""
-    for k, v in {**SETTINGS, "ARTIFACTS_DIR": str(tiny_registry)}.items():
-        monkeypatch.setenv(k, v)
-    from service.service import ImageClassifier
-    from service.two_services import ImageClassifierTwoServices
-
-    with TestClient(ImageClassifier.to_asgi(), raise_server_exceptions=False) as a, \
-            TestClient(ImageClassifierTwoServices.to_asgi(), raise_server_exceptions=False) as b:
-        for label in synthetic.CLASSES:
-            answer = a.post("/classify", files=up(jpeg(label, 7))).json()
-            assert answer["label"] == label and answer == b.post("/classify", files=up(jpeg(label, 7))).json()
-        batch = [("images", ("a.jpg", jpeg(synthetic.CLASSES[0], 8), "image/jpeg")),
-                 ("images", ("b.txt", b"hello", "text/plain"))]
-        answer = a.post("/classify_batch", files=batch).json()
-        assert answer["results"][1]["error"] == "not_an_image"
-        assert answer == b.post("/classify_batch", files=batch).json()
-        assert b.get("/model").json()["version"] == a.get("/model").json()["version"]
-        explained = b.post("/explain?format=json", files=up(jpeg(synthetic.CLASSES[1]))).json()
-        assert explained["label"] == synthetic.CLASSES[1]
-        half = jpeg(synthetic.CLASSES[0])[:300]
-        assert_error(b.post("/classify", files=up(half)), 422, a.post("/classify", files=up(half)).json()["error"])
 
 
 def test_single_image_endpoints_refuse_bombs_and_non_images_before_the_endpoint() -> None:

@@ -1,0 +1,90 @@
+"""The server's layout: one worker per usable CPU by default, their threads shared out, keep-alive connections recycled
+so that they spread over the workers, BentoML's tracing off unless asked for."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from service.config import Config, usable_cpus
+from service.keepalive import ConnectionRecycle
+from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
+from tests.conftest import ROOT
+
+
+def test_one_worker_per_usable_cpu_and_their_threads_shared_out() -> None:
+    cpus = usable_cpus()
+    assert 1 <= cpus <= len(os.sched_getaffinity(0))
+    default = Config.from_env({})
+    assert (default.workers, default.ort_threads) == (cpus, 1)
+    one = Config.from_env({"WORKERS": "1"})
+    assert (one.workers, one.ort_threads, one.decode_threads) == (1, cpus, max(2, cpus))
+    assert Config.from_env({"WORKERS": "1", "ORT_THREADS": "3", "DECODE_THREADS": "5"}).ort_threads == 3
+    with pytest.raises(ValueError, match="WORKERS must be at least 1"):
+        Config.from_env({"WORKERS": "0"})
+
+
+def test_usable_cpus_follows_the_affinity() -> None:
+    """Under ``taskset -c 0`` the default is one worker with one ONNX Runtime thread."""
+    code = ("import os; os.sched_setaffinity(0, {0}); from service.config import Config; c = Config.from_env({}); "
+            "print(c.workers, c.ort_threads)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1"]
+
+
+async def _answer(app, client: tuple[str, int]) -> dict[bytes, bytes]:
+    """One GET through ``app`` from ``client``; the answer's headers."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "method": "GET", "path": "/", "headers": [], "client": client}, receive, send)
+    return dict(sent[0]["headers"])
+
+
+async def _ok(scope, receive, send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_connection_ends_after_its_quota_of_requests() -> None:
+    app = ConnectionRecycle(_ok, max_requests=4, remember=2)
+
+    async def run() -> list[bool]:
+        closes = []
+        for client in [("10.0.0.1", 5000)] * 9 + [("10.0.0.2", 6000)] * 3:
+            closes.append((await _answer(app, client)).get(b"connection") == b"close")
+        return closes
+
+    closes = asyncio.run(run())
+    # every 4th answer on a connection closes it (the client's next request comes on a new connection); another
+    # connection has its own count
+    assert closes == [False, False, False, True, False, False, False, True, False, False, False, False]
+    assert len(app.served) <= 2  # the counts of the most recent connections only
+
+
+def test_several_workers_recycle_connections_and_one_does_not() -> None:
+    async def headers(workers: int) -> list[dict[bytes, bytes]]:
+        app = ApiLayers(_ok, Config.from_env({"WORKERS": str(workers)}))
+        return [await _answer(app, ("10.0.0.1", 5000)) for _ in range(KEEPALIVE_REQUESTS)]
+
+    assert [h.get(b"connection") for h in asyncio.run(headers(2))][-2:] == [None, b"close"]
+    assert all(b"connection" not in h for h in asyncio.run(headers(1)))
+
+
+@pytest.mark.parametrize("tracing", ["", "1"])
+def test_workers_and_tracing_reach_bentoml(tracing: str) -> None:
+    """BentoML takes both when the service class is decorated; tracing is off unless TRACING=1."""
+    code = ("import json, service.service as s; "
+            "print(json.dumps([s.SERVICE_OPTIONS.get(k) for k in ('workers', 'tracing')]))")
+    env = {**os.environ, "TRACING": tracing, "WORKERS": "3"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [3, None if tracing else {"excluded_urls": [".*"]}]
