@@ -4,8 +4,8 @@
                                 [--peers service,bentoml-example,litserve] [--pin 0 --pin 0,1]
                                 [--service-env NAME:K=V,K=V] [--json bench/results/peers.json]
 
-Servers: ``service`` (``imgcls serve``), ``service-2workers`` (two BentoML workers, one ONNX Runtime thread each),
-``bentoml-example``, ``litserve``, ``rayserve``, ``torchserve``
+Servers: ``service`` (``imgcls serve`` as it starts by default: one worker per usable CPU), ``service-1worker``
+(``WORKERS=1``), ``bentoml-example``, ``litserve``, ``rayserve``, ``torchserve``
 (their pins: the ``peers`` extra); ``--service-env`` adds the service with other settings, to measure one in the
 same run.
 
@@ -15,19 +15,23 @@ project's test photos in the form field ``image``. Every ONNX server runs the sa
 ``MODEL_VARIANT=auto`` picks on this machine (int8 on a VNNI/AMX CPU), with the project's decoding and preprocessing
 (ONNX Runtime threads = cores, batches of up to 32 within 5 ms); TorchServe runs the version's torch checkpoint.
 Beside requests/s and latencies: the server's CPU per request, the utime + stime of its whole process tree (read
-from ``/proc`` before and after the load), and the in-process pipeline's CPU per image (decode, preprocess, ONNX
-Runtime at its best batch size, no HTTP; measured last in the same run). Every figure is also a ratio to LitServe's
-in the same run (and the same ``--pin``). ``--rounds N``: each server runs N times in alternating order and its
-(lower) median round is reported. ``--pin CPUS`` (repeatable): every server runs once per CPU list under
-``taskset -c CPUS``. The machine's load average before and after goes into the JSON (a shared machine moves these
-figures).
+from ``/proc`` before and after the load), and the in-process pipeline's CPU per image (``bench/pipeline.py``:
+decode, preprocess, ONNX Runtime at its best batch size, no HTTP; measured last in the same run, as one process
+with ONNX Runtime's threads on every core, and as one process per CPU with one thread each, the service's layout).
+Every figure is also a ratio to LitServe's in the same run (and the same ``--pin``). ``--rounds N``: each server
+runs N times in alternating order and its (lower) median round is reported. ``--pin CPUS`` (repeatable): every
+server runs once per CPU list under ``taskset -c CPUS``, and the load generator on the same CPUs (it needs CPU too:
+left on a CPU the server may not use, it would flatter the one-CPU runs). The machine's load average before and
+after goes into the JSON (a shared machine moves these figures).
 ``--json`` also draws a chart beside the JSON file (``bench/plot_peers.py``).
 Targets (printed): this service >= 1.0x LitServe's requests/s at p99 no worse; its CPU per request <= 1.1x the
-in-process pipeline's CPU per image; with several ``--pin`` lists, each layout's requests/s against the first's.
+in-process pipeline's CPU per image (both forms); with several ``--pin`` lists, each layout's requests/s against the
+first's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -44,6 +48,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import load, test_photos
+from bench.pipeline import in_process, per_cpu
 from bench.proc_cpu import TAG, cpu_seconds_between, tree_ticks
 from imgcls.metadata import ModelCard
 from imgcls.onnx_model import available_variants, choose_variant, cpu_has_int8_dot
@@ -132,9 +137,8 @@ def _torchserve(model_dir: Path, port: int, scratch: Path, _: str) -> Launch:
 
 PEERS = [
     Peer("service", "bentoml", "/classify", _service(), ours=True),
-    # Two BentoML worker processes, each with one ONNX Runtime thread (NOTES.md: more threads than cores collapse)
-    Peer("service-2workers", "bentoml", "/classify",
-         _service(BENTOML_CONFIG_OPTIONS="services.image_classifier.workers=2", ORT_THREADS="1"), ours=True),
+    # One worker whose ONNX Runtime threads use every core (the default before issue 23)
+    Peer("service-1worker", "bentoml", "/classify", _service(WORKERS="1"), ours=True),
     Peer("bentoml-example", "bentoml", "/classify", _bentoml_example),
     Peer("litserve", "litserve", "/classify", _litserve),
     Peer("rayserve", "ray", "/classify", _rayserve),
@@ -186,6 +190,18 @@ def loaded(base: str, bodies: list[bytes], clients: int, total: int, path: str, 
     return {**run, "server_cpu_s": cpu_s, "cpu_ms_per_request": 1000 * cpu_s / total}
 
 
+@contextlib.contextmanager
+def load_generator_on(cpus: str | None):
+    """This thread (the load generator's event loop) on ``cpus`` (``taskset -c`` syntax: "0", "0,1") meanwhile."""
+    before = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def measure(peer: Peer, model_dir: Path, variant: str, bodies: list[bytes], clients: list[int], duration: float,
             logs: Path, pin: str | None = None) -> dict:
     """Start ``peer`` (under ``taskset -c pin`` if given), record its non-image status and its load results at each
@@ -202,8 +218,9 @@ def measure(peer: Peer, model_dir: Path, variant: str, bodies: list[bytes], clie
         launch = peer.launch(model_dir, port, scratch, variant)
         cmd = launch.cmd if pin is None else ["taskset", "-c", pin, *launch.cmd]
         started = time.monotonic()
-        with server(cmd, port, {**launch.env, TAG: tag}, logs / f"{name}.log", probe=launch.probe,
-                    timeout=300) as base:
+        with contextlib.ExitStack() as stack:
+            base = stack.enter_context(server(cmd, port, {**launch.env, TAG: tag}, logs / f"{name}.log",
+                                              probe=launch.probe, timeout=300))
             url = base + peer.path
             wait_until_serving(url, bodies[0])
             result["startup_s"] = time.monotonic() - started
@@ -214,6 +231,7 @@ def measure(peer: Peer, model_dir: Path, variant: str, bodies: list[bytes], clie
                 # the comparison unfair, so say so.
                 result["variant_confirmed"] = (info.get("runtime") or info).get("variant") == variant
             result["non_image"] = non_image_answer(url)
+            stack.enter_context(load_generator_on(pin))
             rps = load(base, bodies, clients[0], 4 * clients[0], path=peer.path, field=FIELD)["rps"]  # warm-up
             for n in clients:
                 total = max(2 * n, round(rps * duration))
@@ -259,7 +277,7 @@ def against_baseline(servers: list[dict], clients: list[int]) -> None:
                                       "cpu_per_request": ours["cpu_ms_per_request"] / theirs["cpu_ms_per_request"]}
 
 
-def target_checks(servers: list[dict], clients: list[int], pipeline_cpu_ms: float) -> list[str]:
+def target_checks(servers: list[dict], clients: list[int], pipelines: dict[str, float]) -> list[str]:
     """The issue's targets, one printed line each."""
     lines = []
     ours = [s for s in servers if s.get("available") and s["peer"].startswith("service")]
@@ -272,10 +290,11 @@ def target_checks(servers: list[dict], clients: list[int], pipeline_cpu_ms: floa
                 lines.append(f"{s['name']} / {BASELINE} at {n} clients: {vs['rps']:.2f}x requests/s (target >= "
                              f"{TARGET_RPS_RATIO:.1f}x), p99 {vs['p99']:.2f}x (target <= 1.0x): "
                              f"{'met' if met else 'NOT met'}")
-            cpu = run["cpu_ms_per_request"] / pipeline_cpu_ms
-            lines.append(f"{s['name']} at {n} clients: CPU per request {run['cpu_ms_per_request']:.2f} ms = {cpu:.2f}x "
-                         f"the in-process pipeline's per image (target <= {TARGET_CPU_RATIO}x): "
-                         f"{'met' if cpu <= TARGET_CPU_RATIO else 'NOT met'}")
+            for form, cpu_ms in pipelines.items():
+                cpu = run["cpu_ms_per_request"] / cpu_ms
+                lines.append(f"{s['name']} at {n} clients: CPU per request {run['cpu_ms_per_request']:.2f} ms = "
+                             f"{cpu:.2f}x the in-process pipeline's per image ({form}; target <= "
+                             f"{TARGET_CPU_RATIO}x): {'met' if cpu <= TARGET_CPU_RATIO else 'NOT met'}")
     pins = list(dict.fromkeys(s["pinned_cpus"] for s in servers))
     if len(pins) > 1:
         for s in (s for s in servers if s.get("available") and s["pinned_cpus"] != pins[0]):
@@ -286,29 +305,6 @@ def target_checks(servers: list[dict], clients: list[int], pipeline_cpu_ms: floa
                 lines.append(f"{s['peer']} at {n} clients on CPUs {s['pinned_cpus']} / on CPUs {pins[0]}: "
                              f"{ratio:.2f}x requests/s")
     return lines
-
-
-def in_process_pipeline(model_dir: Path, variant: str, batch_sizes: tuple[int, ...] = (8, 16, 32)) -> dict:
-    """The most any HTTP server could serve with this model file here, and what it costs: the project's decoding,
-    preprocessing and ONNX Runtime with no HTTP at all, at its best batch size, with this process's CPU per image."""
-    from threadpoolctl import threadpool_limits
-
-    from bench.bench_serving import in_process_throughput
-    from imgcls.onnx_model import OnnxClassifier
-
-    threadpool_limits(1, user_api="blas")  # as the service does: numpy's BLAS threads would spin on every core
-    model = OnnxClassifier(model_dir, device="cpu", variant=variant)
-    model.warmup()
-    total = 1500
-    by_size, cpu_by_size = {}, {}
-    for b in batch_sizes:
-        cpu = time.process_time()
-        by_size[b] = in_process_throughput(model, test_photos(), b, total)
-        cpu_by_size[b] = 1000 * (time.process_time() - cpu) / total
-    best = max(by_size, key=by_size.get)
-    return {"variant": model.variant, "model_file": VARIANT_FILES[model.variant], "batch_size": best,
-            "images_per_s": by_size[best], "cpu_ms_per_image": cpu_by_size[best],
-            "images_per_s_by_batch_size": by_size, "cpu_ms_per_image_by_batch_size": cpu_by_size}
 
 
 def table(servers: list[dict], clients: list[int]) -> str:
@@ -347,6 +343,7 @@ def main() -> None:
                    help="also run this service as service-NAME with these settings (to measure one in the same run)")
     p.add_argument("--pin", action="append", metavar="CPUS",
                    help="run every server under `taskset -c CPUS` (repeat to compare layouts in one run)")
+    p.add_argument("--pipeline-images", type=int, default=1500, help="images per batch size in the pipeline's runs")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
@@ -381,18 +378,21 @@ def main() -> None:
             rounds[i].append(result)
     servers = [median_round(rounds[i], clients) for i in range(len(runs))]
     against_baseline(servers, clients)
-    pipeline = in_process_pipeline(model_dir, variant)
-    checks = target_checks(servers, clients, pipeline["cpu_ms_per_image"])
+    pipeline = in_process(model_dir, variant, total=args.pipeline_images)
+    pipeline_per_cpu = per_cpu(model_dir, variant, total=args.pipeline_images)
+    checks = target_checks(servers, clients, {"one process": pipeline["cpu_ms_per_image"],
+                                              "one process per CPU": pipeline_per_cpu["cpu_ms_per_image"]})
     results = {"model": model_dir.name, "model_file": VARIANT_FILES[variant], "cpus": os.cpu_count(),
                "duration_s": args.duration, "clients": clients, "rounds": args.rounds, "photos": len(bodies),
                "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "run_minutes": (time.time() - started) / 60, "peers": servers, "targets": checks,
-               "in_process_pipeline": pipeline}
+               "in_process_pipeline": pipeline, "in_process_pipeline_per_cpu": pipeline_per_cpu}
 
     print("\n" + table(servers, clients) + "\n")
     print(f"in-process pipeline (no HTTP: decode + preprocess + ONNX Runtime, {pipeline['model_file']}, batch "
           f"{pipeline['batch_size']}): {pipeline['images_per_s']:.1f} img/s, {pipeline['cpu_ms_per_image']:.2f} ms "
-          f"of CPU per image")
+          f"of CPU per image; one process per CPU ({pipeline_per_cpu['processes']}, one thread each): "
+          f"{pipeline_per_cpu['images_per_s']:.1f} img/s, {pipeline_per_cpu['cpu_ms_per_image']:.2f} ms per image")
     for line in checks:
         print(line)
     print(f"load average (1 min) before {load_before[0]:.1f}, after {results['load_average_after'][0]:.1f}")
