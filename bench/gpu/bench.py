@@ -244,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         clients, requests, procs = ([4, 8], 60, 2) if quick else ([64, 256], 60_000, max(2, cores // 4))
         server_env = {} if quick else {"MAX_BATCH_SIZE": "128", "MAX_QUEUE": "2048"}
         section("http", lambda: http(args.artifacts, args.device, args.photos, clients, requests, 15, procs,
-                                     args.out / "server-http.log", server_env))
-        # One Python process cannot use 16 cores (issue 23): the same with several BentoML workers, each its own
-        # session on the GPU.
-        workers = {**server_env, "BENTOML_CONFIG_OPTIONS": f"services.image_classifier.workers={max(2, cores // 2)}"}
+                                     args.out / "server-http.log", {**server_env, "WORKERS": "1"}))
+        # One Python process cannot use 16 cores (issue 23): the same with several workers, each its own session on
+        # the GPU (half the cores: the load generator needs the others).
+        workers = {**server_env, "WORKERS": str(max(2, cores // 2))}
         if "not ready in" in str(result["http"].get("error", "")):  # it would not come up either: a minute saved
             result["http_workers"] = {"error": "not run: the one-worker server did not come up (see http)"}
         else:
