@@ -14,6 +14,7 @@ No torch, no web framework: retraining reads the same folder through :func:`conf
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -22,6 +23,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,27 +106,40 @@ class Stored:
 
 
 class FeedbackStore:
-    """Feedback images under ``root`` with a quota of ``max_bytes`` and ``max_files``. Thread-safe in one process.
+    """Feedback images under ``root`` with a quota of ``max_bytes`` and ``max_files``.
 
-    Usage and the hash -> label index are read from disk once, then kept up to date as images are added."""
+    Safe for several threads and several processes (the service's workers) on one store: each addition holds
+    ``root/.lock`` (flock) while it checks the images already stored, the conflicts and the usage on disk. The usage
+    is kept in ``root/.usage.json`` and counted afresh whenever a store is opened."""
 
     def __init__(self, root: Path, *, max_bytes: int = 1 << 30, max_files: int = 20_000,
                  max_pixels: int = DEFAULT_MAX_PIXELS_FULL) -> None:
         self.root, self.max_bytes, self.max_files, self.max_pixels = Path(root), max_bytes, max_files, max_pixels
         self._lock = threading.Lock()
-        self._labels: dict[str, str] = {}
-        self.files = self.bytes = 0
-        _remove_orphans(self.root)
-        for label, stem in _stored(self.root):
-            self._labels.setdefault(stem, label)
-        if self.root.is_dir():
-            for d in self.root.iterdir():
-                if d.is_dir() and not d.name.startswith("."):
-                    for p in d.iterdir():
-                        if p.is_file() and not p.name.startswith("."):
-                            self.files += 1
-                            self.bytes += p.stat().st_size
-        self._conflicts = conflicted_hashes(self.root)
+        self._conflicts: set[str] = set()
+        self._conflicts_read = 0  # bytes of conflicts.jsonl already in self._conflicts
+        with self._locked():
+            _remove_orphans(self.root)
+            files = size = 0
+            if self.root.is_dir():
+                for d in self.root.iterdir():
+                    if d.is_dir() and not d.name.startswith("."):
+                        for p in d.iterdir():
+                            if p.is_file() and not p.name.startswith("."):
+                                files += 1
+                                size += p.stat().st_size
+            self._save_usage(files, size)
+            self._conflicts = conflicted_hashes(self.root)
+            conflicts = self.root / CONFLICTS_FILE
+            self._conflicts_read = conflicts.stat().st_size if conflicts.is_file() else 0
+
+    @property
+    def files(self) -> int:
+        return self._usage()[0]
+
+    @property
+    def bytes(self) -> int:
+        return self._usage()[1]
 
     def add(self, data: bytes, label: str) -> Stored:
         """Decode ``data`` (any format :func:`decode_image` reads; ``ImageError`` for bad input), store its pixels
@@ -136,9 +152,11 @@ class FeedbackStore:
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=JPEG_QUALITY, subsampling=0)
         encoded = buf.getvalue()
-        with self._lock:
-            known = self._labels.get(digest)
-            if digest in self._conflicts or (known is not None and known != label):
+        with self._locked():
+            self._read_new_conflicts()
+            labels = self._labels_of(digest)
+            known = labels[0] if labels else None
+            if digest in self._conflicts or any(other != label for other in labels):
                 self._record_conflict(digest, [known, label] if known else [label])
                 raise ImgclsError(409, "label_conflict", f"this image was already labelled {known!r}; "
                                       f"recorded as a conflict, not stored, and left out of retraining")
@@ -146,9 +164,10 @@ class FeedbackStore:
             path = folder / f"{digest}.jpg"
             if known == label:
                 return Stored(path, digest, label, True)
-            if self.files + 1 > self.max_files or self.bytes + len(encoded) > self.max_bytes:
-                raise ImgclsError(507, "feedback_quota", f"the feedback store is full ({self.files} files, "
-                                      f"{self.bytes} bytes; limits {self.max_files} files, {self.max_bytes} bytes)")
+            files, size = self._usage()
+            if files + 1 > self.max_files or size + len(encoded) > self.max_bytes:
+                raise ImgclsError(507, "feedback_quota", f"the feedback store is full ({files} files, "
+                                      f"{size} bytes; limits {self.max_files} files, {self.max_bytes} bytes)")
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "wb") as f:
@@ -156,18 +175,61 @@ class FeedbackStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            self._labels[digest] = label
-            self.files += 1
-            self.bytes += len(encoded)
+            self._save_usage(files + 1, size + len(encoded))
             return Stored(path, digest, label, False)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """This process's threads one at a time, then every process's (flock on ``root/.lock``)."""
+        with self._lock:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.root / ".lock", "a") as f:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _labels_of(self, digest: str) -> list[str]:
+        """The labels this image is stored under, on disk now (by any process)."""
+        return [d.name for d in sorted(self.root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+                and (d / f"{digest}.jpg").is_file()]
+
+    def _usage(self) -> tuple[int, int]:
+        try:
+            usage = json.loads((self.root / ".usage.json").read_text())
+            return int(usage["files"]), int(usage["bytes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, 0  # only before the first open has counted it
+
+    def _save_usage(self, files: int, size: int) -> None:
+        tmp = self.root / f".usage.{os.getpid()}.{threading.get_ident()}.json"
+        tmp.write_text(json.dumps({"files": files, "bytes": size}))
+        os.replace(tmp, self.root / ".usage.json")
+
+    def _read_new_conflicts(self) -> None:
+        """Add the conflicts other processes recorded since this one last looked (whole lines only)."""
+        try:
+            with open(self.root / CONFLICTS_FILE, "rb") as f:
+                f.seek(self._conflicts_read)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].splitlines():
+            try:
+                self._conflicts.add(json.loads(line)["sha256"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        self._conflicts_read += end
 
     def _record_conflict(self, digest: str, labels: list[str]) -> None:
         self._conflicts.add(digest)
-        self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / CONFLICTS_FILE, "a") as f:
             f.write(json.dumps({"time": now_iso(), "sha256": digest, "labels": labels}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self._conflicts_read = (self.root / CONFLICTS_FILE).stat().st_size
 
 
 class RateLimiter:

@@ -118,5 +118,5 @@ class Inference:
         return meta
 
     def reload(self) -> dict[str, Any]:
-        """Swap in the model ``MODEL`` names now (raises :class:`ImgclsError` when it cannot)."""
-        return self.holder.reload()
+        """Swap in the model ``MODEL`` names now, in every worker (raises :class:`ImgclsError` when it cannot here)."""
+        return self.holder.reload_everywhere()

@@ -18,7 +18,9 @@ class ConnectionRecycle:
     """ASGI middleware: the ``max_requests``-th answer on a connection carries ``Connection: close``.
 
     Connections are told apart by the client's address and port; the counts of the ``remember`` most recent ones
-    are kept (a connection the client closed on its own is forgotten among them)."""
+    are kept (a connection the client closed on its own is forgotten among them). An answer sent before its request
+    body was read whole (a refusal) never closes the connection: the client may still be sending, and closing would
+    reset the connection under it before it reads the answer; the next request closes it instead."""
 
     def __init__(self, app, max_requests: int, remember: int = 4096) -> None:
         self.app, self.max_requests, self.remember = app, max_requests, remember
@@ -36,9 +38,21 @@ class ConnectionRecycle:
                 self.served.popitem(last=False)
             return await self.app(scope, receive, send)
 
+        headers = dict(scope["headers"])
+        body_read = b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") in (b"", b"0")
+
+        async def reading() -> dict:
+            nonlocal body_read
+            message = await receive()
+            body_read |= message["type"] == "http.request" and not message.get("more_body", False)
+            return message
+
         async def closing(message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+                if body_read:
+                    message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+                else:
+                    self.served[key] = n  # not this time: the next answer on this connection closes it
             await send(message)
 
-        await self.app(scope, receive, closing)
+        await self.app(scope, reading, closing)

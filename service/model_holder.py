@@ -5,12 +5,20 @@ warmed up, and must reproduce its reference batch (``imgcls.reference``: finite 
 to those recorded at training within a tolerance); only then is it swapped in with
 one reference assignment, so in-flight batches finish on the session they started with. A version that fails any
 step is refused (logged, counted) and the old one keeps serving; ``MODEL=current`` follows promotions by polling.
+
+Every worker process holds its own model. A reload asked of one worker (``POST /admin/reload``) is passed on to the
+others through a small file they all watch (:data:`SIBLINGS`, named after their common parent, the server process):
+they reload within a second.
 """
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +30,11 @@ from imgcls.registry import ModelError, Registry
 from service.config import Config
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
 
-__all__ = ["ModelHolder"]
+__all__ = ["SIBLINGS", "ModelHolder"]
 
 log = logging.getLogger("imgcls.model")
+# Where a worker tells its siblings (the other workers of one server) to reload: one file per server process.
+SIBLINGS = Path(tempfile.gettempdir()) / f"imgcls-reload-{os.getppid()}"
 
 
 class ModelHolder:
@@ -89,6 +99,16 @@ class ModelHolder:
             log.info("serving model %s (previous: %s)", new.version, old and old.version)
             return {"version": new.version, "previous": old and old.version, "changed": True}
 
+    def reload_everywhere(self) -> dict[str, Any]:
+        """:meth:`reload` here, and in every other worker of this server (they watch :data:`SIBLINGS`)."""
+        try:
+            return self.reload()
+        finally:
+            if self.config.workers > 1:
+                tmp = SIBLINGS.with_name(f"{SIBLINGS.name}.{os.getpid()}.tmp")
+                tmp.write_text(uuid.uuid4().hex)
+                os.replace(tmp, SIBLINGS)
+
     def withdraw(self, model: OnnxClassifier, reason: str) -> None:
         """Stop serving ``model`` after it failed at inference time (readiness turns 503 until a good version is
         promoted; the same version is not loaded again)."""
@@ -99,14 +119,20 @@ class ModelHolder:
                 log.error("withdrew model %s: %s", model.version, reason)
 
     def start_watching(self) -> None:
-        if self.config.model == "current" and self.config.poll_seconds > 0:
-            threading.Thread(target=self._watch, name="model-watcher", daemon=True).start()
+        follows = self.config.model == "current" and self.config.poll_seconds > 0
+        if follows or self.config.workers > 1:
+            threading.Thread(target=self._watch, args=(follows,), name="model-watcher", daemon=True).start()
 
-    def _watch(self) -> None:
+    def _watch(self, follows: bool) -> None:
+        asked = _read(SIBLINGS)
         while True:
-            time.sleep(self.config.poll_seconds)
+            time.sleep(self.config.poll_seconds if follows else 1.0)
             try:
-                current = self.registry.current()
+                if _read(SIBLINGS) != asked:  # another worker was asked to reload
+                    asked = _read(SIBLINGS)
+                    self.reload()
+                    continue
+                current = self.registry.current() if follows else None
                 if current and current not in (self._model and self._model.version, self.refused):
                     self.reload()
             except ImgclsError:
@@ -114,3 +140,9 @@ class ModelHolder:
             except Exception:  # noqa: BLE001 - the watcher must outlive a bad moment of the registry
                 log.exception("model watcher: reload failed")
 
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None

@@ -99,10 +99,18 @@ def test_truncated_photo_decompression_bomb_bad_k_and_too_many_images(server: st
     assert (r.status_code, r.json()["error"]) == (413, "too_many_images")
 
 
-def test_a_client_looping_bombs_is_slowed_and_others_are_not(server: str) -> None:
-    """The refusal throttle at its default settings, wired into the real server: a client at 127.0.0.2 sends its
-    burst and 20 more bombs at once; its last refusals wait, while valid and bad requests from 127.0.0.1 meanwhile
-    are answered at once."""
+@pytest.fixture(scope="module")
+def one_worker(trained: Path, tmp_path_factory) -> str:
+    """The server with one worker: the refusal throttle counts per worker (docs/operations.md)."""
+    with serve(trained, tmp_path_factory.mktemp("one-worker") / "server.log", WORKERS="1") as url:
+        yield url
+
+
+def test_a_client_looping_bombs_is_slowed_and_others_are_not(one_worker: str) -> None:
+    """The refusal throttle at its default settings, wired into the real server (one worker): a client at 127.0.0.2
+    sends its burst and 20 more bombs at once; its last refusals wait, while valid and bad requests from 127.0.0.1
+    meanwhile are answered at once."""
+    server = one_worker
     defaults = Config.from_env()  # the server runs with the defaults too
     n, late = defaults.refusal_burst + 20, 20 / defaults.refusal_rate
     bomb = big_png(8000)

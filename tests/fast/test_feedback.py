@@ -129,6 +129,38 @@ def test_concurrent_adds_of_one_image_store_one_file(tmp_path: Path) -> None:
     assert sum(not r.duplicate for r in results) == 1 and store.files == 1
 
 
+def test_processes_sharing_a_store_see_each_others_images_conflicts_and_quota(tmp_path: Path) -> None:
+    """The service's workers each open the store: what one stores, the others see (duplicates, conflicts, quota),
+    and two processes adding at once store each image once."""
+    import multiprocessing
+
+    one = FeedbackStore(tmp_path, max_files=3)
+    two = FeedbackStore(tmp_path, max_files=3)
+    first = one.add(photo(1), "cat")
+    assert two.add(photo(1), "cat").duplicate and not first.duplicate
+    with pytest.raises(ImgclsError) as conflict:
+        two.add(photo(1), "dog")
+    assert conflict.value.status == 409
+    with pytest.raises(ImgclsError):
+        one.add(photo(1), "cat")  # recorded as a conflict by the other process: refused here too
+    one.add(photo(2), "dog")
+    two.add(photo(3), "dog")
+    with pytest.raises(ImgclsError) as full:
+        one.add(photo(4), "dog")
+    assert full.value.status == 507 and (one.files, two.files) == (3, 3)
+
+    shared = tmp_path / "shared"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        results = pool.starmap(_add_in_a_process, [(shared, 5 + i % 3) for i in range(12)])
+    assert sorted(set(results)) == [False, True] and results.count(False) == 3
+    assert FeedbackStore(shared).files == len(list(shared.glob("*/*.jpg"))) == 3
+
+
+def _add_in_a_process(root: Path, seed: int) -> bool:
+    return FeedbackStore(root).add(photo(seed), "cat").duplicate
+
+
 def test_rate_limiter_token_bucket() -> None:
     limiter = RateLimiter(rate=2.0, burst=3)
     for _ in range(3):

@@ -7,13 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from imgcls.registry import Registry
 from service.config import Config, usable_cpus
 from service.keepalive import ConnectionRecycle
 from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
+from service.model_holder import ModelHolder
 from tests.conftest import ROOT
+from tests.tiny_model import add_tiny_version
 
 
 def test_one_worker_per_usable_cpu_and_their_threads_shared_out() -> None:
@@ -36,17 +41,19 @@ def test_usable_cpus_follows_the_affinity() -> None:
     assert out.split() == ["1", "1"]
 
 
-async def _answer(app, client: tuple[str, int]) -> dict[bytes, bytes]:
-    """One GET through ``app`` from ``client``; the answer's headers."""
+async def _answer(app, client: tuple[str, int], body: bytes = b"") -> dict[bytes, bytes]:
+    """One request through ``app`` from ``client`` (a GET, or a POST of ``body``); the answer's headers."""
     sent: list[dict] = []
 
     async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict) -> None:
         sent.append(message)
 
-    await app({"type": "http", "method": "GET", "path": "/", "headers": [], "client": client}, receive, send)
+    headers = [(b"content-length", str(len(body)).encode())] if body else []
+    scope = {"type": "http", "method": "POST" if body else "GET", "path": "/", "headers": headers, "client": client}
+    await app(scope, receive, send)
     return dict(sent[0]["headers"])
 
 
@@ -71,6 +78,29 @@ def test_a_connection_ends_after_its_quota_of_requests() -> None:
     assert len(app.served) <= 2  # the counts of the most recent connections only
 
 
+def test_an_answer_sent_before_the_body_was_read_does_not_close() -> None:
+    """A refusal answered before the upload was read (the client may still be sending) keeps the connection: closing
+    it would reset it under the client; the next answer closes it instead."""
+    async def refuse(scope, receive, send) -> None:  # answers without reading the body
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def reads(scope, receive, send) -> None:
+        await receive()
+        await _ok(scope, receive, send)
+
+    async def run() -> list[bytes | None]:
+        closes, client = [], ("10.0.0.1", 5000)
+        app = ConnectionRecycle(refuse, max_requests=2)
+        for _ in range(3):
+            closes.append((await _answer(app, client, b"x" * 10)).get(b"connection"))
+        app.app = reads
+        closes.append((await _answer(app, client, b"x" * 10)).get(b"connection"))
+        return closes
+
+    assert asyncio.run(run()) == [None, None, None, b"close"]
+
+
 def test_several_workers_recycle_connections_and_one_does_not() -> None:
     async def headers(workers: int) -> list[dict[bytes, bytes]]:
         app = ApiLayers(_ok, Config.from_env({"WORKERS": str(workers)}))
@@ -88,3 +118,20 @@ def test_workers_and_tracing_reach_bentoml(tracing: str) -> None:
     env = {**os.environ, "TRACING": tracing, "WORKERS": "3"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == [3, None if tracing else {"excluded_urls": [".*"]}]
+
+
+def test_a_reload_asked_of_one_worker_reaches_the_others(tmp_path: Path) -> None:
+    """POST /admin/reload lands on one worker; with polling off, the others must swap too (within a second or two)."""
+    registry = Registry(tmp_path / "artifacts")
+    old = add_tiny_version(registry, promote=True)
+    config = Config.from_env({"ARTIFACTS_DIR": str(registry.root), "MODEL_POLL_S": "0", "WORKERS": "2"})
+    asked, sibling = ModelHolder(config), ModelHolder(config)
+    for holder in (asked, sibling):
+        holder.reload()
+    sibling.start_watching()
+    new = add_tiny_version(registry, promote=True)
+    assert asked.reload_everywhere() == {"version": new, "previous": old, "changed": True}
+    deadline = time.monotonic() + 10
+    while sibling.classifier.version != new:
+        assert time.monotonic() < deadline, "the other worker never reloaded"
+        time.sleep(0.1)
