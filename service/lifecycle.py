@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
+from pathlib import Path
 
-__all__ = ["exit_with_parent"]
+__all__ = ["exit_with_parent", "server_file"]
 
 log = logging.getLogger("imgcls.lifecycle")
 
@@ -24,3 +26,8 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def server_file(name: str) -> Path:
+    """A file the workers of one server share: named after their parent process, the server."""
+    return Path(tempfile.gettempdir()) / f"imgcls-{name}-{os.getppid()}"

@@ -6,9 +6,12 @@ reshaped to ``{"error", "detail"}``; uploads are read, bounded and checked befor
 """
 from __future__ import annotations
 
+import bentoml
+
 from service.config import Config
 from service.errors import JsonErrors
-from service.keepalive import ConnectionRecycle
+from service.keepalive import ConnectionRecycle, WorkerLoads
+from service.lifecycle import server_file
 from service.logs import RequestIdAndAccessLog
 from service.metrics import HttpMetrics
 from service.throttle import RefusalThrottle
@@ -54,7 +57,15 @@ class ApiLayers:
         app = RefusalThrottle(app, rate=config.refusal_rate, burst=config.refusal_burst)
         app = RequestIdAndAccessLog(app)
         app = HttpMetrics(app, endpoints=KNOWN_PATHS)
-        self.app = ConnectionRecycle(app, KEEPALIVE_REQUESTS) if config.workers > 1 else app
+        self.app = ConnectionRecycle(app, KEEPALIVE_REQUESTS, _worker_loads(config)) if config.workers > 1 else app
 
     async def __call__(self, scope, receive, send) -> None:
         await self.app(scope, receive, send)
+
+
+def _worker_loads(config: Config) -> WorkerLoads | None:
+    """This worker's slot among the server's workers' loads (None outside a BentoML worker)."""
+    index = bentoml.server_context.worker_index
+    if index is None or config.workers >= WorkerLoads.SLOTS:
+        return None
+    return WorkerLoads(server_file("load"), index, config.workers)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -28,13 +27,14 @@ from imgcls.onnx_model import OnnxClassifier
 from imgcls.reference import check_reference
 from imgcls.registry import ModelError, Registry
 from service.config import Config
+from service.lifecycle import server_file
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
 
 __all__ = ["SIBLINGS", "ModelHolder"]
 
 log = logging.getLogger("imgcls.model")
-# Where a worker tells its siblings (the other workers of one server) to reload: one file per server process.
-SIBLINGS = Path(tempfile.gettempdir()) / f"imgcls-reload-{os.getppid()}"
+# Where a worker tells its siblings (the other workers of one server) to reload.
+SIBLINGS = server_file("reload")
 
 
 class ModelHolder:

@@ -14,7 +14,7 @@ import pytest
 
 from imgcls.registry import Registry
 from service.config import Config, usable_cpus
-from service.keepalive import ConnectionRecycle
+from service.keepalive import ConnectionRecycle, WorkerLoads
 from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
 from service.model_holder import ModelHolder
 from tests.conftest import ROOT
@@ -99,6 +99,26 @@ def test_an_answer_sent_before_the_body_was_read_does_not_close() -> None:
         return closes
 
     assert asyncio.run(run()) == [None, None, None, b"close"]
+
+
+def test_the_busier_worker_ends_connections_sooner(tmp_path: Path) -> None:
+    """Two workers share their loads through one file; the one with clearly more requests in flight ends a
+    connection at its next answer, the other keeps its connections to their quota."""
+    busy, idle = WorkerLoads(tmp_path / "loads", 1, 2), WorkerLoads(tmp_path / "loads", 2, 2)
+    busy.add(5)  # five requests in flight in worker 1, none in worker 2
+    assert busy.busier_than_peers() and not idle.busier_than_peers()
+    idle.add(4)
+    assert not busy.busier_than_peers()  # 5 against 4: close enough
+    idle.add(-4)
+
+    async def run(loads: WorkerLoads) -> bytes | None:
+        app = ConnectionRecycle(_ok, max_requests=100, loads=loads)
+        return (await _answer(app, ("10.0.0.1", 5000))).get(b"connection")
+
+    assert asyncio.run(run(busy)) == b"close" and asyncio.run(run(idle)) is None
+    assert (busy.slots[1], idle.slots[2]) == (5, 0)  # each answer's request left the count when it ended
+    with pytest.raises(ValueError):
+        WorkerLoads(tmp_path / "loads", 3, 2)
 
 
 def test_several_workers_recycle_connections_and_one_does_not() -> None:
