@@ -101,8 +101,11 @@ def test_truncated_photo_decompression_bomb_bad_k_and_too_many_images(server: st
 
 @pytest.fixture(scope="module")
 def one_worker(trained: Path, tmp_path_factory) -> str:
-    """The server with one worker: the refusal throttle counts per worker (docs/operations.md)."""
-    with serve(trained, tmp_path_factory.mktemp("one-worker") / "server.log", WORKERS="1") as url:
+    """The server with one worker: the refusal throttle counts per worker (docs/operations.md). Its own
+    BENTOML_HOME: BentoML empties the Prometheus folder there when a server starts, which would wipe the metrics of
+    the module's other server, running meanwhile."""
+    tmp = tmp_path_factory.mktemp("one-worker")
+    with serve(trained, tmp / "server.log", WORKERS="1", BENTOML_HOME=str(tmp / "bentoml")) as url:
         yield url
 
 
