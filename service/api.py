@@ -1,8 +1,9 @@
-"""The HTTP API's endpoints, whichever way the model is reached: :class:`ClassifierApi`.
+"""The HTTP API's endpoints: :class:`ClassifierApi`.
 
-Typed BentoML endpoints (schemas: service/schemas.py), decoding and cropping here, inference through
-``self.model_client`` (service/model_client.py). An endpoint raises :class:`~imgcls.errors.ImgclsError`;
-:func:`answers_errors` turns it into the JSON ``{"error", "detail"}`` answer (:func:`service.errors.error_response`).
+Typed BentoML endpoints (schemas: service/schemas.py); images go to the model's thread, which decodes them with
+its batch, through ``self.model_client`` (service/model_client.py); costly ones are decoded here first. An endpoint
+raises :class:`~imgcls.errors.ImgclsError`; :func:`answers_errors` turns it into the JSON ``{"error", "detail"}``
+answer (:func:`service.errors.error_response`).
 The service that serves this API: service/service.py.
 """
 from __future__ import annotations
@@ -213,7 +214,8 @@ class ClassifierApi:
         return answer
 
     async def _decode(self, data: bytes) -> np.ndarray:
-        """Decode and centre-crop at the served model's size: the uint8 HWC crop the model service normalises.
+        """Decode and centre-crop at the served model's size (explain, and the slow lane): the uint8 HWC crop the
+        model's thread normalises.
 
         The header is read first: an image that costs more than ``COSTLY_PIXELS`` to decode (JPEGs count at
         their reduced decoding scale) waits for the one-slot slow lane, so a client looping large PNGs or WebPs
@@ -237,14 +239,24 @@ class ClassifierApi:
                 return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
         return await anyio.to_thread.run_sync(work, limiter=self.decode_limiter)
 
+    async def _decoded_if_costly(self, data: bytes) -> bytes | np.ndarray:
+        """``data`` as it is (the model's thread decodes it with its batch: no thread hand-off of its own), or, for
+        an image that costs more than ``COSTLY_PIXELS`` to decode, its crop from the one-slot slow lane, so that it
+        holds up no batch."""
+        if self._sizes is None:
+            await self._describe()
+        img = open_image(data, draft_size=self._sizes[0], max_pixels=self.config.max_pixels,
+                         max_pixels_full=self.config.max_pixels_full)
+        return await self._decode(data) if img.size[0] * img.size[1] > COSTLY_PIXELS else data
+
     async def _classify(self, data: bytes, k: int | None, flagged: bool = False) -> Classification:
         if self.in_flight >= self.config.max_queue:  # refuse before spending any work on it
             raise overloaded()
         self.in_flight += 1
         try:
             try:
-                answer = await self.model_client.infer(await self._decode(data))
-            except StaleInput as e:  # the model was swapped for one of another input size
+                answer = await self.model_client.infer(await self._decoded_if_costly(data))
+            except StaleInput as e:  # a crop of the slow lane, made before a swap to a model of another input size
                 self._sizes = (e.resize_size, e.input_size)
                 answer = await self.model_client.infer(await self._decode(data))
         finally:

@@ -110,7 +110,7 @@ class Config:
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             upload_budget_bytes=_env("UPLOAD_BUDGET_BYTES", 128 * 1024 * 1024, int),
             upload_wait_s=_env("UPLOAD_WAIT_S", 30.0, float),
-            decode_threads=_env("DECODE_THREADS", max(2, cpus // max(1, workers)), int),
+            decode_threads=_env("DECODE_THREADS", max(1, cpus // max(1, workers)), int),
             refusal_rate=_env("REFUSAL_RATE", 10.0, float),
             refusal_burst=_env("REFUSAL_BURST", 50, int),
             tensorrt_cache=Path(_env("ORT_TRT_CACHE_DIR", str(artifacts / "cache" / "tensorrt"))) if tensorrt else None,

@@ -1,14 +1,16 @@
 """Inference on the served model: :class:`Inference`, plain Python, called by the endpoints through
 :class:`service.model_client.LocalModel`.
 
-:meth:`Inference.infer` takes uint8 crops already decoded and cropped by the API; it normalises them, runs one
-ONNX Runtime batch and checks the outputs. It answers each crop on its own (a :class:`~service.answers.Prediction`
-or an :class:`~imgcls.errors.ImgclsError`), so a batch never fails as a whole for one caller's sake.
+:meth:`Inference.infer` takes encoded images (or, for the few that are costly to decode, crops the API made in its
+slow lane); it decodes and preprocesses them, runs one ONNX Runtime batch and checks the outputs. It answers each
+image on its own (a :class:`~service.answers.Prediction` or an :class:`~imgcls.errors.ImgclsError`), so a batch
+never fails as a whole for one caller's sake.
 """
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -16,13 +18,14 @@ from threadpoolctl import threadpool_limits
 
 from imgcls.cam import class_activation_map
 from imgcls.errors import ImgclsError
+from imgcls.images import decode_image
 from imgcls.novelty import embed, is_known
 from imgcls.onnx_model import OnnxClassifier, providers_for
 from imgcls.reference import check_probabilities
 from imgcls.registry import ModelError
 from service.answers import Explanation, Prediction, StaleInput
 from service.config import Config
-from service.metrics import BATCH_SIZE, INFERENCE_SECONDS, MODEL_ERRORS
+from service.metrics import BATCH_SIZE, DECODE_SECONDS, INFERENCE_SECONDS, MODEL_ERRORS
 from service.model_holder import ModelHolder
 
 __all__ = ["Inference"]
@@ -44,6 +47,7 @@ class Inference:
         # them from decoding and ONNX Runtime: one thread does those products faster here (docs/request_path.md)
         threadpool_limits(1, user_api="blas")
         providers_for(config.device)  # DEVICE=cuda without a usable CUDA provider stops the start-up here
+        self.decoders = ThreadPoolExecutor(config.decode_threads, "decode") if config.decode_threads > 1 else None
         self.holder = ModelHolder(config)
         try:
             self.holder.reload()
@@ -55,24 +59,47 @@ class Inference:
     def ready(self) -> bool:
         return self.holder.ready
 
-    def infer(self, crops: list[np.ndarray]) -> list[Prediction | ImgclsError]:
-        """Class probabilities for uint8 HWC crops at the model's input size, one answer per crop.
+    def infer(self, images: list[bytes | np.ndarray]) -> list[Prediction | ImgclsError]:
+        """Class probabilities for each image, one answer each: an encoded image (decoded and preprocessed here,
+        as ``imgcls batch`` does, at the served model's size) or a uint8 HWC crop already made at the model's input
+        size (an image decoded in the API's slow lane).
 
-        An answer is an error when there is no model, when the crop was made for another input size
-        (:class:`StaleInput`: a swap happened meanwhile; the caller crops again), or when the model failed (it is
-        withdrawn)."""
+        An answer is an error when the image cannot be decoded, when there is no model, when a crop was made for
+        another input size (:class:`StaleInput`: a swap happened meanwhile; the caller crops again), or when the
+        model failed (it is withdrawn)."""
         try:
             model = self.holder.classifier
         except ImgclsError as e:
-            return [e] * len(crops)
-        size = model.preprocess.input_size
-        out: list[Prediction | ImgclsError] = [StaleInput(model.preprocess.resize_size, size)] * len(crops)
-        index = [i for i, c in enumerate(crops) if c.shape == (size, size, 3)]
+            return [e] * len(images)
+        pre, size = model.preprocess, model.preprocess.input_size
+        batch = np.empty((len(images), 3, size, size), np.float32)
+
+        def prepare(i: int) -> ImgclsError | None:
+            """images[i] into batch[i], or the reason it cannot be."""
+            image = images[i]
+            try:
+                if isinstance(image, bytes):
+                    start = time.perf_counter()
+                    pre(decode_image(image, draft_size=pre.resize_size, max_pixels=self.config.max_pixels,
+                                     max_pixels_full=self.config.max_pixels_full), batch[i])
+                    DECODE_SECONDS.observe(time.perf_counter() - start)
+                elif image.shape == (size, size, 3):
+                    pre.normalize(image, batch[i])
+                else:
+                    raise StaleInput(pre.resize_size, size)
+            except ImgclsError as e:
+                return e
+            return None
+
+        # A worker with one CPU decodes here, one image after another; one with several, in its decoding threads
+        out: list[Prediction | ImgclsError | None] = (
+            list(self.decoders.map(prepare, range(len(images)))) if self.decoders and len(images) > 1
+            else [prepare(i) for i in range(len(images))])
+        index = [i for i, error in enumerate(out) if error is None]
         if not index:
             return out
-        batch = np.empty((len(index), 3, size, size), np.float32)
-        for j, i in enumerate(index):
-            model.preprocess.normalize(crops[i], batch[j])
+        if len(index) < len(images):
+            batch = batch[index]
         start = time.perf_counter()
         try:
             answer = model.classify(batch)  # calibrated probabilities, and novelty where the version has a detector
@@ -81,7 +108,8 @@ class Inference:
         except Exception as e:  # noqa: BLE001 - a failing model must not answer, nor keep serving
             MODEL_ERRORS.labels(version=model.version).inc()
             self.holder.withdraw(model, f"inference failed: {e}")
-            return [ModelError(f"model {model.version} failed: {e}", headers={"Retry-After": "5"})] * len(crops)
+            failed = ModelError(f"model {model.version} failed: {e}", headers={"Retry-After": "5"})
+            return [failed if i in index else answer for i, answer in enumerate(out)]
         INFERENCE_SECONDS.observe(time.perf_counter() - start)
         BATCH_SIZE.observe(len(index))
         for j, i in enumerate(index):

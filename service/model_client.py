@@ -21,8 +21,8 @@ __all__ = ["LocalModel"]
 
 
 class LocalModel:
-    """The model in this process: one batch at a time in a worker thread (ONNX Runtime's own threads use every
-    core), so no request pays for a call to another process."""
+    """The model in this process: one batch at a time (decoding, preprocessing, ONNX Runtime) in a worker thread,
+    so no request pays for a call to another process, nor for a thread of its own."""
 
     def __init__(self, config: Config) -> None:
         self.inference = Inference(config)
@@ -32,11 +32,12 @@ class LocalModel:
     def ready(self) -> bool:
         return self.inference.ready
 
-    async def _run(self, crops: list[np.ndarray]) -> list[Prediction | ImgclsError]:
-        return await anyio.to_thread.run_sync(self.inference.infer, crops)
+    async def _run(self, images: list[bytes | np.ndarray]) -> list[Prediction | ImgclsError]:
+        return await anyio.to_thread.run_sync(self.inference.infer, images)
 
-    async def infer(self, crop: np.ndarray) -> Prediction:
-        return raise_error(await self.coalescer.submit(crop))
+    async def infer(self, image: bytes | np.ndarray) -> Prediction:
+        """An encoded image's (or a crop's) answer, from the next batch (:meth:`Inference.infer`)."""
+        return raise_error(await self.coalescer.submit(image))
 
     async def explain(self, crop: np.ndarray, label: str | None) -> Explanation:
         return await anyio.to_thread.run_sync(self.inference.explain, crop, label)

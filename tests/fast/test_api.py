@@ -64,6 +64,23 @@ def test_classify_multipart_and_raw_body_agree_and_are_right(api) -> None:
         assert a["model"]["name"] == "tiny" and a["model"]["version"] and a["model"]["variant"]
 
 
+def test_a_costly_image_goes_through_the_slow_lane_with_the_same_answer(api) -> None:
+    """An image over COSTLY_PIXELS to decode is decoded and cropped in the API's slow lane, others in the model's
+    thread with their batch: the same image, both ways, gets the same answer."""
+    from service.api import COSTLY_PIXELS
+
+    small = Image.open(io.BytesIO(jpeg("blue"))).convert("RGB")
+    side = int(COSTLY_PIXELS ** 0.5) + 10
+    answers = []
+    for size in (small.size, (side, side)):
+        buf = io.BytesIO()
+        small.resize(size, Image.NEAREST).save(buf, "PNG")
+        r = api.post("/classify", files=up(buf.getvalue(), "x.png", "image/png"))
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    assert answers[0]["label"] == answers[1]["label"] == "blue"
+
+
 def test_top_k_from_query_or_form(api) -> None:
     assert len(api.post("/classify?k=1", files=up(jpeg("red"))).json()["probabilities"]) == 1
     assert len(api.post("/classify", files=up(jpeg("red")), data={"k": "2"}).json()["probabilities"]) == 2
@@ -344,3 +361,26 @@ def test_the_docs_page_describes_this_service(api) -> None:
     assert info["description"].startswith("# Image classifier") and "/classify_batch" in info["description"]
     assert "created with BentoML" not in info["description"] and "img.shields.io" not in info["description"]
     assert api.get("/").status_code == 200
+
+
+@pytest.mark.parametrize("decode_threads", ["1", "2"])
+def test_one_batch_decodes_its_images_and_answers_each_on_its_own(tiny_registry: Path, decode_threads: str) -> None:
+    """The model's thread takes encoded images and slow-lane crops in one batch (decoding them itself, or in its
+    decoding threads): a bad image, or a crop made for another input size, gets its own error; the others their
+    answers."""
+    from imgcls.errors import ImgclsError
+    from service.answers import Prediction, StaleInput
+    from service.config import Config
+    from service.inference import Inference
+
+    inference = Inference(Config.from_env({"ARTIFACTS_DIR": str(tiny_registry), "MODEL_POLL_S": "0",
+                                           "WORKERS": "1", "DECODE_THREADS": decode_threads}))
+    assert (inference.decoders is None) == (decode_threads == "1")
+    pre = inference.holder.classifier.preprocess
+    crop = np.asarray(pre.resize_crop(Image.open(io.BytesIO(jpeg("red"))).convert("RGB")))
+    answers = inference.infer([jpeg("red"), b"not an image", crop[:-1], crop])
+    assert isinstance(answers[0], Prediction) and isinstance(answers[3], Prediction)
+    assert answers[0].labels[int(np.argmax(answers[0].probs))] == "red"
+    np.testing.assert_allclose(answers[0].probs, answers[3].probs, atol=1e-6)  # one path from bytes or crop
+    assert isinstance(answers[1], ImgclsError) and answers[1].reason == "not_an_image"
+    assert isinstance(answers[2], StaleInput)

@@ -25,9 +25,9 @@ def test_one_worker_per_usable_cpu_and_their_threads_shared_out() -> None:
     cpus = usable_cpus()
     assert 1 <= cpus <= len(os.sched_getaffinity(0))
     default = Config.from_env({})
-    assert (default.workers, default.ort_threads) == (cpus, 1)
+    assert (default.workers, default.ort_threads, default.decode_threads) == (cpus, 1, 1)
     one = Config.from_env({"WORKERS": "1"})
-    assert (one.workers, one.ort_threads, one.decode_threads) == (1, cpus, max(2, cpus))
+    assert (one.workers, one.ort_threads, one.decode_threads) == (1, cpus, cpus)
     assert Config.from_env({"WORKERS": "1", "ORT_THREADS": "3", "DECODE_THREADS": "5"}).ort_threads == 3
     with pytest.raises(ValueError, match="WORKERS must be at least 1"):
         Config.from_env({"WORKERS": "0"})
