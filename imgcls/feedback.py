@@ -14,7 +14,6 @@ No torch, no web framework: retraining reads the same folder through :func:`conf
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
@@ -32,8 +31,9 @@ from typing import Any
 from PIL import Image
 
 from imgcls.errors import ImgclsError
+from imgcls.filelock import exclusive
 from imgcls.images import DEFAULT_MAX_PIXELS_FULL, decode_image
-from imgcls.registry import now_iso
+from imgcls.registry import now_iso, write_atomic
 
 __all__ = ["CONFLICTS_FILE", "JPEG_QUALITY", "STORED_MAX_SIDE", "FeedbackStore", "RateLimiter", "Stored",
            "conflicted_hashes", "pixel_sha256"]
@@ -183,12 +183,8 @@ class FeedbackStore:
         """This process's threads one at a time, then every process's (flock on ``root/.lock``)."""
         with self._lock:
             self.root.mkdir(parents=True, exist_ok=True)
-            with open(self.root / ".lock", "a") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            with exclusive(self.root / ".lock"):
+                yield
 
     def _labels_of(self, digest: str) -> list[str]:
         """The labels this image is stored under, on disk now (by any process)."""
@@ -203,9 +199,7 @@ class FeedbackStore:
             return 0, 0  # only before the first open has counted it
 
     def _save_usage(self, files: int, size: int) -> None:
-        tmp = self.root / f".usage.{os.getpid()}.{threading.get_ident()}.json"
-        tmp.write_text(json.dumps({"files": files, "bytes": size}))
-        os.replace(tmp, self.root / ".usage.json")
+        write_atomic(self.root / ".usage.json", json.dumps({"files": files, "bytes": size}))
 
     def _read_new_conflicts(self) -> None:
         """Add the conflicts other processes recorded since this one last looked (whole lines only)."""

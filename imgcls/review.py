@@ -22,7 +22,6 @@ recorded by :func:`record_decision` in the feedback store's ``reviews.jsonl``, w
 """
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -37,6 +36,7 @@ from typing import Any
 
 from PIL import Image
 
+from imgcls.filelock import exclusive
 from imgcls.registry import now_iso
 
 __all__ = ["REVIEWS_FILE", "STORED_MAX_SIDE", "VERDICTS", "Decision", "ReviewItem", "ReviewQueue", "encode",
@@ -101,17 +101,9 @@ class ReviewQueue:
             raise ValueError(f"the review queue needs positive limits (got {max_bytes} bytes, {max_items} items)")
         self.root, self.max_bytes, self.max_items = Path(root), max_bytes, max_items
         self.items_dir, self.tmp_dir, self.trash_dir = self.root / "items", self.root / ".tmp", self.root / ".trash"
+        self.lock_file = self.root / ".lock"  # admissions and returns to the queue hold it (imgcls.filelock)
         for d in (self.items_dir, self.tmp_dir, self.trash_dir):
             d.mkdir(parents=True, exist_ok=True)
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.root / ".lock", "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def ids(self) -> list[str]:
         """Complete items, oldest first."""
@@ -133,7 +125,7 @@ class ReviewQueue:
         tmp.mkdir()
         _write_synced(tmp / "image.jpg", jpeg)
         _write_synced(tmp / "item.json", body)
-        with self._locked():
+        with exclusive(self.lock_file):
             ids = self.ids()
             used = sum(map(_size, ids))
             while ids and (len(ids) + 1 > self.max_items or used + size > self.max_bytes):
@@ -201,7 +193,7 @@ class ReviewQueue:
                     continue
                 item_id = p.name.removeprefix("claimed-")
                 if p.name.startswith("claimed-") and _ID.fullmatch(item_id):
-                    with self._locked():
+                    with exclusive(self.lock_file):
                         count, used = self.usage()
                         if count < self.max_items and used + _size(item_id) <= self.max_bytes:
                             os.rename(p, self.items_dir / item_id)

@@ -13,7 +13,6 @@ they reload within a second.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -25,7 +24,7 @@ import numpy as np
 from imgcls.errors import ImgclsError
 from imgcls.onnx_model import OnnxClassifier
 from imgcls.reference import check_reference
-from imgcls.registry import ModelError, Registry
+from imgcls.registry import ModelError, Registry, write_atomic
 from service.config import Config
 from service.lifecycle import server_file
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
@@ -105,9 +104,7 @@ class ModelHolder:
             return self.reload()
         finally:
             if self.config.workers > 1:
-                tmp = SIBLINGS.with_name(f"{SIBLINGS.name}.{os.getpid()}.tmp")
-                tmp.write_text(uuid.uuid4().hex)
-                os.replace(tmp, SIBLINGS)
+                write_atomic(SIBLINGS, uuid.uuid4().hex)
 
     def withdraw(self, model: OnnxClassifier, reason: str) -> None:
         """Stop serving ``model`` after it failed at inference time (readiness turns 503 until a good version is

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imgcls.filelock import exclusive
 from imgcls.registry import Registry
 from imgcls.review import ReviewQueue, read_decisions
 from tests.conftest import DATA, ROOT, needs_data, run_cli, serve
@@ -257,7 +258,7 @@ def test_two_replicas_under_load_keep_the_shared_queue_within_its_limits(world, 
             t.start()
         end = time.monotonic() + 8
         while time.monotonic() < end:
-            with queue._locked():  # a consistent view: admissions happen under this lock
+            with exclusive(queue.lock_file):  # a consistent view: admissions happen under this lock
                 seen.append(queue.usage())
             time.sleep(0.01)
         stop.set()

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from imgcls.filelock import exclusive
 from imgcls.review import ReviewQueue, keep_reason, read_decisions
 from tests import synthetic
 
@@ -37,7 +38,7 @@ def _writer(root: str, n: int, seed: int, max_bytes: int, max_items: int) -> Non
 
 
 def _usage_locked(q: ReviewQueue) -> tuple[int, int]:
-    with q._locked():  # a consistent view: admissions happen under this lock
+    with exclusive(q.lock_file):  # a consistent view: admissions happen under this lock
         return q.usage()
 
 
