@@ -68,12 +68,21 @@ def conflicted_hashes(root: Path) -> set[str]:
     return found
 
 
-def _stored(root: Path) -> list[tuple[str, str]]:
-    """(label, name without extension) of every stored image; hidden files are in-flight writes."""
+def _label_dirs(root: Path) -> list[Path]:
+    """The store's label folders (hidden entries are the store's own files)."""
     if not root.is_dir():
         return []
-    return [(d.name, p.stem) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
-            for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
+def _stored_files(root: Path) -> list[Path]:
+    """Every stored image; hidden files are in-flight writes."""
+    return [p for d in _label_dirs(root) for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")]
+
+
+def _stored(root: Path) -> list[tuple[str, str]]:
+    """(label, name without extension) of every stored image."""
+    return [(p.parent.name, p.stem) for p in _stored_files(root)]
 
 
 def _remove_orphans(root: Path) -> None:
@@ -120,15 +129,8 @@ class FeedbackStore:
         self._conflicts_read = 0  # bytes of conflicts.jsonl already in self._conflicts
         with self._locked():
             _remove_orphans(self.root)
-            files = size = 0
-            if self.root.is_dir():
-                for d in self.root.iterdir():
-                    if d.is_dir() and not d.name.startswith("."):
-                        for p in d.iterdir():
-                            if p.is_file() and not p.name.startswith("."):
-                                files += 1
-                                size += p.stat().st_size
-            self._save_usage(files, size)
+            stored = _stored_files(self.root)
+            self._save_usage(len(stored), sum(p.stat().st_size for p in stored))
             self._conflicts = conflicted_hashes(self.root)
             conflicts = self.root / CONFLICTS_FILE
             self._conflicts_read = conflicts.stat().st_size if conflicts.is_file() else 0
@@ -188,8 +190,7 @@ class FeedbackStore:
 
     def _labels_of(self, digest: str) -> list[str]:
         """The labels this image is stored under, on disk now (by any process)."""
-        return [d.name for d in sorted(self.root.iterdir()) if d.is_dir() and not d.name.startswith(".")
-                and (d / f"{digest}.jpg").is_file()]
+        return [d.name for d in _label_dirs(self.root) if (d / f"{digest}.jpg").is_file()]
 
     def _usage(self) -> tuple[int, int]:
         try:

@@ -83,6 +83,7 @@ class Config:
         workers = _env("WORKERS", cpus, int)
         if workers < 1:
             raise ValueError(f"WORKERS must be at least 1, not {workers}")
+        per_worker = max(1, cpus // workers)  # each worker's share of the CPUs
         tensorrt = _env("ORT_TENSORRT", "") in _TRUE
         return cls(
             model=_env("MODEL", "current"),
@@ -91,7 +92,7 @@ class Config:
             variant=_env("MODEL_VARIANT", "auto"),
             workers=workers,
             tracing=_env("TRACING", "0") in _TRUE,
-            ort_threads=_env("ORT_THREADS", max(1, cpus // max(1, workers)), int),
+            ort_threads=_env("ORT_THREADS", per_worker, int),
             max_batch_size=_env("MAX_BATCH_SIZE", 32, int),
             max_body_bytes=_env("MAX_BODY_BYTES", 10 * 1024 * 1024, int),
             max_pixels=_env("MAX_PIXELS", DEFAULT_MAX_PIXELS, int),
@@ -110,7 +111,7 @@ class Config:
             stall_timeout_s=_env("BODY_STALL_TIMEOUT_S", 15.0, float),
             upload_budget_bytes=_env("UPLOAD_BUDGET_BYTES", 128 * 1024 * 1024, int),
             upload_wait_s=_env("UPLOAD_WAIT_S", 30.0, float),
-            decode_threads=_env("DECODE_THREADS", max(1, cpus // max(1, workers)), int),
+            decode_threads=_env("DECODE_THREADS", per_worker, int),
             refusal_rate=_env("REFUSAL_RATE", 10.0, float),
             refusal_burst=_env("REFUSAL_BURST", 50, int),
             tensorrt_cache=Path(_env("ORT_TRT_CACHE_DIR", str(artifacts / "cache" / "tensorrt"))) if tensorrt else None,

@@ -109,7 +109,7 @@ class Inference:
             MODEL_ERRORS.labels(version=model.version).inc()
             self.holder.withdraw(model, f"inference failed: {e}")
             failed = ModelError(f"model {model.version} failed: {e}", headers={"Retry-After": "5"})
-            return [failed if i in index else answer for i, answer in enumerate(out)]
+            return [failed if answer is None else answer for answer in out]
         INFERENCE_SECONDS.observe(time.perf_counter() - start)
         BATCH_SIZE.observe(len(index))
         for j, i in enumerate(index):

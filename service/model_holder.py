@@ -125,8 +125,9 @@ class ModelHolder:
         while True:
             time.sleep(self.config.poll_seconds if follows else 1.0)
             try:
-                if _read(SIBLINGS) != asked:  # another worker was asked to reload
-                    asked = _read(SIBLINGS)
+                signal = _read(SIBLINGS)
+                if signal != asked:  # another worker was asked to reload
+                    asked = signal
                     self.reload()
                     continue
                 current = self.registry.current() if follows else None

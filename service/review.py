@@ -74,20 +74,21 @@ async def _items(request: Request, svc: Any, queue: ReviewQueue) -> Response:
                          "limits": {"items": queue.max_items, "bytes": queue.max_bytes}})
 
 
-async def _image(request: Request, svc: Any, queue: ReviewQueue) -> Response:
+async def _photo(request: Request, queue: ReviewQueue) -> bytes:
+    """The stored photo of the item the path names (404 when there is none)."""
     item_id = request.path_params["item"]
     data = await anyio.to_thread.run_sync(queue.image, item_id)
     if data is None:
         raise _not_found(item_id)
-    return Response(data, media_type="image/jpeg", headers={"cache-control": "no-store"})
+    return data
+
+
+async def _image(request: Request, svc: Any, queue: ReviewQueue) -> Response:
+    return Response(await _photo(request, queue), media_type="image/jpeg", headers={"cache-control": "no-store"})
 
 
 async def _cam(request: Request, svc: Any, queue: ReviewQueue) -> Response:
-    item_id = request.path_params["item"]
-    data = await anyio.to_thread.run_sync(queue.image, item_id)
-    if data is None:
-        raise _not_found(item_id)
-    answer, crop = await svc.explain_image(data)
+    answer, crop = await svc.explain_image(await _photo(request, queue))
     png = await anyio.to_thread.run_sync(overlay_png, Image.fromarray(crop), answer.cam)
     return Response(png, media_type="image/png", headers={"cache-control": "no-store", "x-label":
                     answer.labels[answer.index], "x-model-version": answer.version})

@@ -70,7 +70,8 @@ def with_middlewares(svc):
 @bentoml.service(**SERVICE_OPTIONS)
 @bentoml.asgi_app(web, path="/")
 class ImageClassifier(ClassifierApi):
-    """The service, in each worker: the API decodes, and ONNX Runtime runs the coalesced batches beside it."""
+    """The service, in each worker: the API reads and checks uploads; the model's thread decodes the coalesced
+    batches and runs ONNX Runtime on them."""
 
     def __init__(self) -> None:
         config = Config.from_env()
