@@ -86,7 +86,8 @@ class ClassifierApi:
 
     def __init__(self, config: Config, model_client: LocalModel) -> None:
         configure_json_logging()
-        exit_with_parent()
+        if bentoml.server_context.worker_index is not None:  # a worker of `bentoml serve`, not a test's app
+            exit_with_parent()
         self.config = config
         self.model_client = model_client
         self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory

@@ -11,10 +11,10 @@ per worker in a small shared file) ends connections sooner: at its next answer o
 """
 from __future__ import annotations
 
-import mmap
-import os
 from collections import OrderedDict
 from pathlib import Path
+
+from service.lifecycle import SLOTS, shared_slots
 
 __all__ = ["ConnectionRecycle", "WorkerLoads"]
 
@@ -23,19 +23,10 @@ class WorkerLoads:
     """The requests in flight in each worker of one server: one int64 slot per worker (its 1-based index) in a file
     every worker maps; each writes only its own slot, and reads the others'."""
 
-    SLOTS = 256
-
     def __init__(self, path: Path, index: int, workers: int) -> None:
-        if not 1 <= index <= workers < self.SLOTS:
-            raise ValueError(f"worker {index} of {workers}: at most {self.SLOTS - 1} workers share their loads")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < 8 * self.SLOTS:
-                os.ftruncate(fd, 8 * self.SLOTS)
-            self._map = mmap.mmap(fd, 8 * self.SLOTS)
-        finally:
-            os.close(fd)
-        self.slots = memoryview(self._map).cast("q")
+        if not 1 <= index <= workers < SLOTS:
+            raise ValueError(f"worker {index} of {workers}: at most {SLOTS - 1} workers share their loads")
+        self.slots = shared_slots(path)
         self.index, self.workers = index, workers
         self.slots[index] = 0  # a restarted worker starts afresh
 

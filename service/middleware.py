@@ -11,7 +11,7 @@ import bentoml
 from service.config import Config
 from service.errors import JsonErrors
 from service.keepalive import ConnectionRecycle, WorkerLoads
-from service.lifecycle import server_file
+from service.lifecycle import SLOTS, server_file
 from service.logs import RequestIdAndAccessLog
 from service.metrics import HttpMetrics
 from service.throttle import RefusalThrottle
@@ -66,6 +66,6 @@ class ApiLayers:
 def _worker_loads(config: Config) -> WorkerLoads | None:
     """This worker's slot among the server's workers' loads (None outside a BentoML worker)."""
     index = bentoml.server_context.worker_index
-    if index is None or config.workers >= WorkerLoads.SLOTS:
+    if index is None or config.workers >= SLOTS:
         return None
     return WorkerLoads(server_file("load"), index, config.workers)

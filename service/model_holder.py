@@ -8,7 +8,8 @@ step is refused (logged, counted) and the old one keeps serving; ``MODEL=current
 
 Every worker process holds its own model. A reload asked of one worker (``POST /admin/reload``) is passed on to the
 others through a small file they all watch (:data:`SIBLINGS`, named after their common parent, the server process):
-they reload within a second.
+they reload within a second. The server is ready only while every worker serves a model
+(:class:`service.lifecycle.ServingWorkers`): a request may reach any of them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import bentoml
 import numpy as np
 
 from imgcls.errors import ImgclsError
@@ -26,7 +28,7 @@ from imgcls.onnx_model import OnnxClassifier
 from imgcls.reference import check_reference
 from imgcls.registry import ModelError, Registry, write_atomic
 from service.config import Config
-from service.lifecycle import server_file
+from service.lifecycle import ServingWorkers, server_file
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
 
 __all__ = ["SIBLINGS", "ModelHolder"]
@@ -47,10 +49,12 @@ class ModelHolder:
         self._model: OnnxClassifier | None = None
         self.refused: str | None = None
         self.last_error: str | None = None
+        self.serving = ServingWorkers(server_file("serving"), bentoml.server_context.worker_index, config.workers)
 
     @property
     def ready(self) -> bool:
-        return self._model is not None
+        """This worker serves a model, and so does every other worker of the server."""
+        return self.serving.all_serving()
 
     @property
     def classifier(self) -> OnnxClassifier:
@@ -91,6 +95,7 @@ class ModelHolder:
                 log.error("refused model %s, still serving %s: %s", target, old and old.version, e)
                 raise ModelError(self.last_error, 422, "model_refused") from e
             self._model = new  # one reference assignment: each batch uses the old or the new session whole
+            self.serving.mark(True)
             if old is not None:
                 MODEL_INFO.labels(version=old.version, device=old.device, variant=old.variant).set(0)
             MODEL_INFO.labels(version=new.version, device=new.device, variant=new.variant).set(1)
@@ -112,6 +117,7 @@ class ModelHolder:
         with self._lock:
             if self._model is model:
                 self._model, self.refused, self.last_error = None, model.version, reason
+                self.serving.mark(False)
                 MODEL_INFO.labels(version=model.version, device=model.device, variant=model.variant).set(0)
                 log.error("withdrew model %s: %s", model.version, reason)
 

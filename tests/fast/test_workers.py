@@ -15,6 +15,7 @@ import pytest
 from imgcls.registry import Registry
 from service.config import Config, usable_cpus
 from service.keepalive import ConnectionRecycle, WorkerLoads
+from service.lifecycle import ServingWorkers
 from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
 from service.model_holder import ModelHolder
 from tests.conftest import ROOT
@@ -155,3 +156,68 @@ def test_a_reload_asked_of_one_worker_reaches_the_others(tmp_path: Path) -> None
     while sibling.classifier.version != new:
         assert time.monotonic() < deadline, "the other worker never reloaded"
         time.sleep(0.1)
+
+
+def test_the_server_is_ready_only_when_every_worker_serves_a_model(tmp_path: Path) -> None:
+    """A request may reach any worker: /readyz says 200 only once all of them hold a model, and not while one that
+    held a model is gone."""
+    first, second = ServingWorkers(tmp_path / "serving", 1, 2), ServingWorkers(tmp_path / "serving", 2, 2)
+    assert not first.all_serving()
+    first.mark(True)
+    assert not first.all_serving() and not second.all_serving()  # the second is still loading
+    second.mark(True)
+    assert first.all_serving() and second.all_serving()
+    second.mark(False)  # withdrew a broken model
+    assert not first.all_serving()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    second.slots[2] = int(gone.stdout)  # a worker that died while serving: its pid is left in its slot
+    assert not first.all_serving()
+    alone = ServingWorkers(tmp_path / "alone", None, 1)  # outside a BentoML worker: its own state only
+    assert not alone.all_serving()
+    alone.mark(True)
+    assert alone.all_serving()
+
+
+SERVER = """
+import socket, subprocess, sys, time
+listener = socket.create_server(("127.0.0.1", 0))
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(listener.fileno()), sys.argv[2]],
+                          pass_fds=[listener.fileno()])
+print(worker.pid, flush=True)
+time.sleep(float(sys.argv[3]))  # then the server dies, its worker left behind
+"""
+WORKER = """
+import socket, sys, time
+from service.lifecycle import exit_with_parent
+listener = socket.socket(fileno=int(sys.argv[1]))  # as BentoML's worker takes the server's socket (--fd)
+time.sleep(float(sys.argv[2]))  # starting up
+exit_with_parent(poll_s=0.1)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(("starting_s", "server_s"), [(0.0, 1.5), (1.5, 0.0)], ids=["died-later", "died-first"])
+def test_a_worker_stops_when_its_server_dies_even_before_it_watches(starting_s: float, server_s: float) -> None:
+    """A server killed while a worker was still starting had already left it to another parent when it began to
+    watch: the worker must stop all the same, and must not stop while its server lives."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER, WORKER, str(starting_s), str(server_s)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = int(server.stdout.readline())
+    if server_s:
+        time.sleep(starting_s + 1.0)
+        assert _alive(worker), "the worker stopped while its server lived"
+    server.wait(10)
+    deadline = time.monotonic() + 10
+    while _alive(worker):
+        if time.monotonic() > deadline:
+            os.kill(worker, 9)
+            pytest.fail("the worker outlived its server")
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
+    except (ProcessLookupError, FileNotFoundError):
+        return False
