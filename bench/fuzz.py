@@ -424,9 +424,12 @@ def judge(case: Case, status: int | None, body: bytes, ctype: str) -> Outcome:
 
 
 def judge_raw(case: Case, replies: list) -> list[Outcome]:
-    """One outcome per answer a raw case got; a missing answer is a failure unless the case stopped sending."""
+    """One outcome per answer a raw case got; a missing answer is a failure unless the case stopped sending, or the
+    last answer said ``Connection: close`` (the server announced it would take no more requests on the connection,
+    as it may with several workers (service/keepalive.py); a pipelining client resends the rest, RFC 9112 9.3.2)."""
     out = [judge(case, r.status, r.body, r.headers.get("content-type", "")) for r in replies]
-    if len(replies) < case.expected and not case.half_close:
+    announced = bool(replies) and replies[-1].headers.get("connection", "").lower() == "close"
+    if len(replies) < case.expected and not case.half_close and not announced:
         out.append(Outcome(case, None, f"{len(replies)} of {case.expected} answers", True))
     return out or [Outcome(case, 0, "no answer after half-close", False)]
 

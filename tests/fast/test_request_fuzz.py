@@ -94,3 +94,17 @@ def test_schemathesis_cases_from_the_openapi_schema(api) -> None:  # noqa: F811
     assert {"/classify", "/classify_batch", "/explain", "/feedback", "/model", "/admin/reload"} <= {p for p, _ in seen}
     statuses = {s for _, s in seen}
     assert 200 in statuses and 400 in statuses, sorted(statuses)
+
+
+def test_a_raw_case_missing_answers_fails_unless_the_server_announced_the_close() -> None:
+    """Pipelined requests: a connection closed after fewer answers than requests is a failure, but for an answer
+    that said ``Connection: close`` (the client then resends the rest, RFC 9112 9.3.2)."""
+    from bench.fuzz import Case, judge_raw
+    from bench.fuzz_raw import Reply
+
+    case = Case("RAW", "raw", "pipelined", raw=b"...", expected=4)
+    ok = Reply(200, {"content-type": "application/json"}, b"{}")
+    assert [o.failure for o in judge_raw(case, [ok])] == [False, True]
+    closed = Reply(200, {"content-type": "application/json", "connection": "close"}, b"{}")
+    assert [o.failure for o in judge_raw(case, [ok, closed])] == [False, False]
+    assert [o.failure for o in judge_raw(case, [ok] * 4)] == [False] * 4
