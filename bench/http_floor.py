@@ -35,7 +35,7 @@ from tests.live_server import server_process as server
 NO_MODEL = {  # name -> (command after python, probe)
     "starlette": (["-m", "uvicorn", "bench.peers.no_model:starlette_app", "--no-access-log", "--loop", "uvloop",
                    "--http", "httptools"], "/readyz"),
-    "litserve": (["-m", "bench.peers.no_model", "litserve"], "/health"),
+    "litserve": (["-m", "bench.peers.litserve_no_model"], "/health"),
     "bentoml": (["-m", "bentoml", "serve", "bench.peers.no_model:BentoNoModel"], "/readyz"),
     "bentoml + our layers": (["-m", "bentoml", "serve", "bench.peers.no_model:BentoNoModelLayers"], "/readyz"),
 }

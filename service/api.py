@@ -39,10 +39,11 @@ from service.model_client import LocalModel
 from service.review import REVIEW_ROUTES
 from service.review_recorder import ReviewRecorder
 from service.schemas import BatchItem, BatchResult, Classification, FeedbackReceipt, ModelRef, Probability
+from service.upload_file import UploadedFile
 
 __all__ = ["ClassifierApi", "answers_errors", "web"]
 STATIC = Path(__file__).parent / "static"
-ImageFile = Path  # any file: decode_image decides what is an image, and answers 415/422 with the reason
+ImageFile = UploadedFile  # any file, in memory: decode_image decides what is an image, and answers 415/422 with why
 PngFile = Annotated[Path, ContentType("image/png")]
 COSTLY_PIXELS = 4_000_000  # decoding more than this takes tens of ms or more: such images share one slow lane
 
@@ -118,7 +119,7 @@ class ClassifierApi:
                              ctx: bentoml.Context) -> BatchResult:
         """Classify several images (repeated multipart field ``images``); a bad image gets an error entry and the
         others are still answered."""
-        async def one(i: int, path: Path) -> BatchItem:
+        async def one(i: int, path: UploadedFile) -> BatchItem:
             try:
                 return BatchItem(index=i, result=await self._classify(path.read_bytes(), k))
             except ImgclsError as e:
@@ -129,7 +130,7 @@ class ClassifierApi:
 
         results: list[BatchItem | None] = [None] * len(images)
 
-        async def run(i: int, path: Path) -> None:
+        async def run(i: int, path: UploadedFile) -> None:
             results[i] = await one(i, path)
 
         async with anyio.create_task_group() as tg:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.schemas import Classification, ModelRef, Probability
+
 MAX_BATCH = 32
 MAX_WAIT_MS = 5
 
@@ -36,3 +38,9 @@ def answers(labels: list[str], probabilities: np.ndarray) -> list[dict]:
         out.append({"label": labels[best], "score": float(row[best]),
                     "probabilities": {label: float(p) for label, p in zip(labels, row)}})
     return out
+
+
+# What the servers without a model (no_model.py, litserve_no_model.py) answer every request.
+ANSWER = Classification(label="cat", score=0.99, probabilities=[Probability(label="cat", score=0.99),
+                                                               Probability(label="dog", score=0.01)],
+                        model=ModelRef(name="none", version="none", variant="int8"), known=True, novelty=0.1)
