@@ -6,9 +6,10 @@
 Each server runs as one process (one worker) pinned to ``--cpu`` (``taskset``), loaded with ``--clients`` clients
 posting the test photos as multipart uploads (``bench.common.load``, the load generator left on the other CPUs);
 its process tree's CPU time per request is read from ``/proc``. The servers (``bench/peers/no_model.py``): Starlette's
-form parser under uvicorn, LitServe, and a BentoML endpoint shaped like ``/classify`` without and with this service's
-ASGI layers, all answering a fixed classification without a model; then the service itself (``WORKERS=1``) and the
-in-process pipeline (one ONNX Runtime thread, one decoding thread) pinned to the same CPU, on the served file.
+form parser under uvicorn, LitServe, a BentoML endpoint shaped like ``/classify`` on BentoML's ``Path`` type, and
+this service's HTTP path (its upload type and ASGI layers), all answering a fixed classification without a model;
+then the service itself (``WORKERS=1``) and the in-process pipeline (one ONNX Runtime thread, one decoding thread)
+pinned to the same CPU, on the served file.
 Rounds alternate the order; each figure is the median over rounds. What the service spends beyond the pipeline's
 CPU per image is compared with what its framework spends with no model at all.
 """
@@ -36,8 +37,8 @@ NO_MODEL = {  # name -> (command after python, probe)
     "starlette": (["-m", "uvicorn", "bench.peers.no_model:starlette_app", "--no-access-log", "--loop", "uvloop",
                    "--http", "httptools"], "/readyz"),
     "litserve": (["-m", "bench.peers.litserve_no_model"], "/health"),
-    "bentoml": (["-m", "bentoml", "serve", "bench.peers.no_model:BentoNoModel"], "/readyz"),
-    "bentoml + our layers": (["-m", "bentoml", "serve", "bench.peers.no_model:BentoNoModelLayers"], "/readyz"),
+    "bentoml (Path upload)": (["-m", "bentoml", "serve", "bench.peers.no_model:BentoNoModel"], "/readyz"),
+    "service path, no model": (["-m", "bentoml", "serve", "bench.peers.no_model:ServicePathNoModel"], "/readyz"),
 }
 
 
@@ -105,8 +106,8 @@ def main(args: argparse.Namespace) -> dict:
     for name, ms in cpu.items():
         print(f"  {name:24} {ms:5.2f}")
     print(f"service beyond the pipeline: {service - pipeline:.2f} ms ({service / pipeline:.2f}x the pipeline); "
-          f"BentoML + our layers with no model: {cpu['bentoml + our layers']:.2f} ms; "
-          f"the pipeline + that floor: {(pipeline + cpu['bentoml + our layers']) / pipeline:.2f}x the pipeline")
+          f"its HTTP path with no model: {cpu['service path, no model']:.2f} ms; "
+          f"the pipeline + that floor: {(pipeline + cpu['service path, no model']) / pipeline:.2f}x the pipeline")
     result = {"cpu_ms": cpu, "runs": figures, "clients": args.clients, "requests": args.requests,
               "rounds": args.rounds, "pinned_cpu": args.cpu, "variant": variant,
               "load_average": os.getloadavg()}

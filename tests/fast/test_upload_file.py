@@ -37,3 +37,14 @@ def test_bentoml_takes_it_as_a_multipart_file_field() -> None:
         schema = spec.model_json_schema()["properties"][field]
         assert (schema.get("items") or schema) == {"type": "file", "format": "binary"} | (
             {} if "items" in schema else {"title": field.title()})
+
+
+def test_the_no_model_server_measures_the_services_own_endpoint_shape() -> None:
+    """bench/http_floor.py's 'service path, no model' must take what /classify takes, the way /classify takes it."""
+    from bench.peers.no_model import ServicePathNoModel
+    from service.service import ImageClassifier
+
+    def shape(svc) -> dict:
+        return svc.apis["classify"].input_spec.model_json_schema()
+
+    assert shape(ServicePathNoModel) == shape(ImageClassifier)
