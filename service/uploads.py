@@ -6,8 +6,8 @@ by rewriting such requests into the multipart form the endpoint declares. On the
 does not: a body-size limit (413), a stalled-upload timeout (408), file fields that hold files (a text field named
 ``image`` would make BentoML download a URL), a file count limit, and JSON errors naming the problem. For the
 single-image endpoints it also reads the image's header here, so that what the endpoint would refuse anyway (not
-an image, over the format's pixel limit) is refused before BentoML spools the upload to a temporary file: a client
-looping such files costs the service a fraction of a full request each.
+an image, over the format's pixel limit) is refused before BentoML parses the form again: a client looping such
+files costs the service a fraction of a full request each.
 
 Every route's query (and the upload routes' form fields) is checked against what the endpoint takes
 (service/params.py) before BentoML parses it; the routes without parameters take none, and no body but ``{}``. An
