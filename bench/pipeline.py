@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from imgcls.cpus import usable_cpus
 from imgcls.registry import PROJECT_ROOT, VARIANT_FILES
 
 __all__ = ["in_process", "per_cpu"]
@@ -24,7 +25,8 @@ __all__ = ["in_process", "per_cpu"]
 
 def in_process(model_dir: Path, variant: str, threads: int | None = None, workers: int = 2,
                batch_sizes: tuple[int, ...] = (8, 16, 32), total: int = 1500) -> dict:
-    """Images/s and CPU ms per image at the best of ``batch_sizes`` (``threads``: ONNX Runtime's, default per core)."""
+    """Images/s and CPU ms per image at the best of ``batch_sizes`` (``threads``: ONNX Runtime's, default one per
+    usable CPU)."""
     from threadpoolctl import threadpool_limits
 
     from bench.common import test_photos
@@ -45,7 +47,7 @@ def in_process(model_dir: Path, variant: str, threads: int | None = None, worker
         cpu_by_size[b] = 1000 * (time.process_time() - cpu) / total
     best = max(by_size, key=by_size.get)
     return {"variant": model.variant, "model_file": VARIANT_FILES[model.variant], "batch_size": best,
-            "ort_threads": threads or "per core", "decode_threads": workers,
+            "ort_threads": threads or usable_cpus(), "decode_threads": workers,
             "images_per_s": by_size[best], "cpu_ms_per_image": cpu_by_size[best],
             "images_per_s_by_batch_size": by_size, "cpu_ms_per_image_by_batch_size": cpu_by_size}
 

@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "imgcls batch") -> arg
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=Options.workers, help="decoding threads")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: one per core)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: one per usable CPU)")
     p.add_argument("--prefetch", type=int, default=Options.prefetch, help="batches decoded ahead of inference")
     p.add_argument("--decode-nice", type=int, default=Options.decode_nice,
                    help="how much lower the decoding threads' scheduling priority is (0: the same)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imgcls.cpus import usable_cpus
 from imgcls.metadata import ModelCard
 from imgcls.novelty import NoveltyDetector, embed, is_known
 from imgcls.preprocess import Preprocess
@@ -85,12 +86,15 @@ def gpu_visible() -> bool:
 
 
 def session_options(threads: int | None = None):
-    """ONNX Runtime session options of every session the project opens (``threads``: intra-op, default per core)."""
+    """ONNX Runtime session options of every session the project opens (``threads``: intra-op, default one per
+    usable CPU).
+
+    Always a number: left to itself, ONNX Runtime starts a thread per core of the machine and pins them there, past
+    ``taskset`` and a container's CPU quota (found in issue 23: one of them ran on a CPU the process was not given)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or usable_cpus()
     opts.inter_op_num_threads = 1
     # Idle intra-op threads sleep instead of busy-waiting: on a few cores they would otherwise take CPU from
     # the threads that decode the next images (bench/bench_batch.py measured 4-20% more throughput).

@@ -10,24 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from imgcls.cpus import usable_cpus
 from imgcls.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_PIXELS_FULL
 from imgcls.registry import DEFAULT_ROOT, default_feedback_dir
 
-__all__ = ["Config", "usable_cpus"]
+__all__ = ["Config"]
 _TRUE = ("1", "true", "yes")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity (``taskset``), within a cgroup v2 CPU quota (a container's
-    ``--cpus``) where there is one."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 @dataclass(frozen=True)

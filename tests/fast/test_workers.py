@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from imgcls.cpus import usable_cpus
 from imgcls.registry import Registry
-from service.config import Config, usable_cpus
+from service.config import Config
 from service.keepalive import ConnectionRecycle, WorkerLoads
 from service.lifecycle import ServingWorkers
 from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
@@ -40,6 +41,28 @@ def test_usable_cpus_follows_the_affinity() -> None:
             "print(c.workers, c.ort_threads)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["1", "1"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell them apart")
+def test_onnx_runtime_threads_stay_on_the_cpus_given(tmp_path: Path) -> None:
+    """Left to itself, ONNX Runtime starts a thread per core of the machine and pins them there, past ``taskset``:
+    every session the project opens (``imgcls batch`` included) keeps to the process's CPUs."""
+    code = f"""
+import os, sys, time
+os.sched_setaffinity(0, {{0}})
+import onnxruntime as ort
+from imgcls.onnx_model import session_options
+from tests.tiny_model import tiny_onnx
+tiny_onnx(__import__("pathlib").Path({str(tmp_path / "m.onnx")!r}), 2)
+session = ort.InferenceSession({str(tmp_path / "m.onnx")!r}, session_options(), providers=["CPUExecutionProvider"])
+time.sleep(0.5)  # a pool thread sets its own affinity once it runs
+for task in os.listdir("/proc/self/task"):
+    status = open(f"/proc/self/task/{{task}}/status").read()
+    print([line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list")][0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert set(out.split()) == {"0"}, out
 
 
 async def _answer(app, client: tuple[str, int], body: bytes = b"") -> dict[bytes, bytes]:
