@@ -28,12 +28,14 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     """Send ourselves SIGTERM (a graceful stop: in-flight requests finish) once our parent process is gone.
 
     A server killed while this worker was still starting has already left it to another parent (init, or a
-    subreaper): a parent that holds none of our sockets is not the server that handed us its listening socket."""
+    subreaper): a parent that holds none of our sockets when we begin is not the server that handed us its listening
+    socket. (Only then: a server stopping gracefully closes its socket before it stops its workers.)"""
     parent = os.getppid()
 
     def watch() -> None:
-        while os.getppid() == parent and _shares_a_socket(parent):
-            time.sleep(poll_s)
+        if _shares_a_socket(parent):
+            while os.getppid() == parent:
+                time.sleep(poll_s)
         log.error("the server process is gone (parent %d); stopping this worker", parent)
         os.kill(os.getpid(), signal.SIGTERM)
 
