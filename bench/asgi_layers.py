@@ -2,13 +2,13 @@
 
     python -m bench.asgi_layers [--requests 2000] [--rounds 5] [--workers 2]
 
-Builds the stack of :class:`service.middleware.ApiLayers` one layer at a time, innermost first, in front of an app
-that reads the body and answers a small JSON document (as an endpoint would), and posts the test photos through it
-as multipart uploads (field ``image``, as ``bench.bench_peers`` sends them) in 64 KiB body messages, as uvicorn
-hands them on. Each stack's CPU time per request (``time.process_time``) is measured in ``--rounds`` alternating
-rounds; the figure is the median, and the cost of a layer is its stack's figure minus the one below it. The access
-log goes where a worker's goes (stderr), so run it with ``2>/dev/null``; Prometheus counts in a multiprocess
-folder, as in a worker.
+Builds the service's stack (:class:`service.middleware.ApiLayers`) in front of an app that reads the body and
+answers a small JSON document (as an endpoint would), and posts the test photos through it as multipart uploads
+(field ``image``, as ``bench.bench_peers`` sends them) in 64 KiB body messages, as uvicorn hands them on: first to
+the innermost layer, then to each layer above it in turn. Each stack's CPU time per request (``time.process_time``)
+is measured in ``--rounds`` alternating rounds; the figure is the median, and the cost of a layer is its stack's
+figure minus the one below it. The access log goes where a worker's goes (stderr), so run it with ``2>/dev/null``;
+Prometheus counts in a multiprocess folder, as in a worker.
 """
 from __future__ import annotations
 
@@ -40,34 +40,15 @@ async def _endpoint(scope, receive, send) -> None:
 
 
 def stacks(config) -> list[tuple[str, object]]:
-    """(name, app) for each stack: the endpoint alone, then one more of ApiLayers' layers each, outermost last."""
-    from service.errors import JsonErrors
-    from service.keepalive import ConnectionRecycle
-    from service.logs import RequestIdAndAccessLog
-    from service.metrics import HttpMetrics
-    from service.middleware import BARE_ROUTES, KEEPALIVE_REQUESTS, KNOWN_PATHS, upload_routes
-    from service.throttle import RefusalThrottle
-    from service.upload_budget import ByteBudget
-    from service.uploads import UploadRequests
+    """(name, app) for each stack: the endpoint alone, then one more of ApiLayers' layers each, outermost last.
+    The layers are the service's own stack (:class:`service.middleware.ApiLayers`), walked down through ``app``."""
+    from service.middleware import ApiLayers
 
-    app = _endpoint
-    out = [("endpoint alone", app)]
-    app = UploadRequests(app, routes=upload_routes(config), max_body_bytes=config.max_body_bytes,
-                         stall_timeout_s=config.stall_timeout_s, max_pixels=config.max_pixels,
-                         max_pixels_full=config.max_pixels_full, bare_routes=BARE_ROUTES,
-                         budget=ByteBudget(config.upload_budget_bytes, config.upload_wait_s))
-    out.append(("+ UploadRequests", app))
-    app = JsonErrors(app)
-    out.append(("+ JsonErrors", app))
-    app = RefusalThrottle(app, rate=config.refusal_rate, burst=config.refusal_burst)
-    out.append(("+ RefusalThrottle", app))
-    app = RequestIdAndAccessLog(app)
-    out.append(("+ RequestIdAndAccessLog", app))
-    app = HttpMetrics(app, endpoints=KNOWN_PATHS)
-    out.append(("+ HttpMetrics", app))
-    if config.workers > 1:
-        out.append(("+ ConnectionRecycle", ConnectionRecycle(app, KEEPALIVE_REQUESTS)))
-    return out
+    chain, app = [], ApiLayers(_endpoint, config).app
+    while app is not _endpoint:
+        chain.append(app)
+        app = app.app
+    return [("endpoint alone", _endpoint), *((f"+ {type(layer).__name__}", layer) for layer in reversed(chain))]
 
 
 async def _run(app, requests: list[tuple[dict, list[bytes]]], n: int) -> float:
