@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from bench.bench_peers import FIELD, auto_variant, loaded
 from bench.common import test_photos
+from bench.pipeline import per_cpu
 from bench.proc_cpu import TAG
 from imgcls.registry import PROJECT_ROOT, Registry
 from tests.live_server import free_port
@@ -70,13 +70,9 @@ def _serve(name: str, cmd: list[str], probe: str, env: dict[str, str], bodies: l
 
 
 def _pipeline(model_dir: Path, variant: str, cpu: str) -> dict:
-    out = subprocess.run(["taskset", "-c", cpu, sys.executable, "-m", "bench.pipeline", str(model_dir), variant,
-                          "--threads", "1", "--workers", "1", "--batch-sizes", "4,8,32", "--total", "1200"],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
-    run = json.loads(out.stdout)
+    run = per_cpu(model_dir, variant, batch_sizes=(4, 8, 32), total=1200, cpus=[int(cpu)])
     print(f"  {'pipeline (in process)':24} {run['images_per_s']:7.1f} img/s  CPU {run['cpu_ms_per_image']:5.2f} "
-          f"ms/image at batch {run['batch_size']}", flush=True)
+          f"ms/image at batch {run['batch_size'][0]}", flush=True)
     return run
 
 

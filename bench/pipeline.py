@@ -52,10 +52,11 @@ def in_process(model_dir: Path, variant: str, threads: int | None = None, worker
             "images_per_s_by_batch_size": by_size, "cpu_ms_per_image_by_batch_size": cpu_by_size}
 
 
-def per_cpu(model_dir: Path, variant: str, batch_sizes: tuple[int, ...] = (8, 16, 32), total: int = 1500) -> dict:
-    """One pipeline process per usable CPU at once, each pinned to its CPU with one ONNX Runtime thread and one
-    decoding thread: their images/s summed, their CPU per image averaged."""
-    cpus = sorted(os.sched_getaffinity(0))
+def per_cpu(model_dir: Path, variant: str, batch_sizes: tuple[int, ...] = (8, 16, 32), total: int = 1500,
+            cpus: list[int] | None = None) -> dict:
+    """One pipeline process per usable CPU (or per CPU of ``cpus``) at once, each pinned to its CPU with one ONNX
+    Runtime thread and one decoding thread: their images/s summed, their CPU per image averaged."""
+    cpus = cpus or sorted(os.sched_getaffinity(0))
     cmd = [sys.executable, "-m", "bench.pipeline", str(model_dir), variant, "--threads", "1", "--workers", "1",
            "--batch-sizes", ",".join(map(str, batch_sizes)), "--total", str(total)]
     procs = [subprocess.Popen(["taskset", "-c", str(cpu), *cmd], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
