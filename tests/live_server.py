@@ -1,5 +1,6 @@
-"""A server in a child process on a free port, and reading its Prometheus metrics: what end-to-end tests and
-benchmarks share. Needs ``httpx`` and ``prometheus_client`` (both come with the ``serve`` extra)."""
+"""A server in a child process on a free port, whether a process still runs, and reading a server's Prometheus
+metrics: what end-to-end tests and benchmarks share. Needs ``httpx`` and ``prometheus_client`` (both come with the
+``serve`` extra)."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
+    except (ProcessLookupError, FileNotFoundError):
+        return False
 
 
 @contextmanager

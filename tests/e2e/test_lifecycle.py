@@ -17,7 +17,7 @@ from PIL import Image
 from bench.fuzz import log_problems
 from imgcls.registry import Registry
 from tests.conftest import PY, ROOT, child_env
-from tests.live_server import free_port
+from tests.live_server import alive, free_port
 from tests.tiny_model import add_tiny_version
 
 
@@ -60,15 +60,6 @@ def descendants(pid: int) -> list[int]:
         found += kids
         todo += kids
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    state = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(f"/proc/{pid}/stat").exists() else "X"
-    return state not in ("Z", "X")
 
 
 @pytest.mark.parametrize("workers", WORKERS)

@@ -20,6 +20,7 @@ from service.lifecycle import ServingWorkers
 from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
 from service.model_holder import ModelHolder
 from tests.conftest import ROOT
+from tests.live_server import alive
 from tests.tiny_model import add_tiny_version
 
 
@@ -228,19 +229,11 @@ def test_a_worker_stops_when_its_server_dies_even_before_it_watches(starting_s: 
     worker = int(server.stdout.readline())
     if server_s:
         time.sleep(starting_s + 1.0)
-        assert _alive(worker), "the worker stopped while its server lived"
+        assert alive(worker), "the worker stopped while its server lived"
     server.wait(10)
     deadline = time.monotonic() + 10
-    while _alive(worker):
+    while alive(worker):
         if time.monotonic() > deadline:
             os.kill(worker, 9)
             pytest.fail("the worker outlived its server")
         time.sleep(0.1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
-    except (ProcessLookupError, FileNotFoundError):
-        return False
