@@ -103,8 +103,6 @@ class ServingWorkers:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: not one of our workers
+    except (ProcessLookupError, PermissionError):  # gone, or someone else's process: not one of our workers
         return False
     return True

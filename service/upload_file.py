@@ -10,7 +10,7 @@ the docs page and BentoML's client see a file parameter as before.
 from __future__ import annotations
 
 import os
-from pathlib import PurePath, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
@@ -44,8 +44,7 @@ class UploadedFile(PurePosixPath):
         if isinstance(value, (bytes, bytearray, memoryview)):
             return cls.of("upload", bytes(value))
         if isinstance(value, PurePath):  # a local file, from a caller in this process
-            with open(value, "rb") as f:
-                return cls.of(value.name, f.read())
+            return cls.of(value.name, Path(value).read_bytes())
         raise ValueError("expected an uploaded file")
 
     @classmethod
