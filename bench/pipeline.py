@@ -1,6 +1,6 @@
 """The in-process pipeline: what any HTTP server could serve with a model file here, and what it costs.
 
-    python -m bench.pipeline MODEL_DIR VARIANT [--threads N] [--workers N] [--batch-sizes 8,16,32] [--total 1500]
+    python -m bench.pipeline MODEL_DIR VARIANT [--threads N] [--workers N] [--batch-sizes 4,8,16,32] [--total 1500]
 
 The project's decoding and preprocessing (``--workers`` threads) and ONNX Runtime (``--threads`` intra-op threads)
 over the test photos, with no HTTP at all, at each batch size; prints JSON with the best batch size's images/s and
@@ -24,7 +24,7 @@ __all__ = ["in_process", "per_cpu"]
 
 
 def in_process(model_dir: Path, variant: str, threads: int | None = None, workers: int = 2,
-               batch_sizes: tuple[int, ...] = (8, 16, 32), total: int = 1500) -> dict:
+               batch_sizes: tuple[int, ...] = (4, 8, 16, 32), total: int = 1500) -> dict:
     """Images/s and CPU ms per image at the best of ``batch_sizes`` (``threads``: ONNX Runtime's, default one per
     usable CPU)."""
     from threadpoolctl import threadpool_limits
@@ -52,7 +52,7 @@ def in_process(model_dir: Path, variant: str, threads: int | None = None, worker
             "images_per_s_by_batch_size": by_size, "cpu_ms_per_image_by_batch_size": cpu_by_size}
 
 
-def per_cpu(model_dir: Path, variant: str, batch_sizes: tuple[int, ...] = (8, 16, 32), total: int = 1500,
+def per_cpu(model_dir: Path, variant: str, batch_sizes: tuple[int, ...] = (4, 8, 16, 32), total: int = 1500,
             cpus: list[int] | None = None) -> dict:
     """One pipeline process per usable CPU (or per CPU of ``cpus``) at once, each pinned to its CPU with one ONNX
     Runtime thread and one decoding thread: their images/s summed, their CPU per image averaged."""
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("variant")
     p.add_argument("--threads", type=int)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-sizes", default="8,16,32")
+    p.add_argument("--batch-sizes", default="4,8,16,32")
     p.add_argument("--total", type=int, default=1500, help="images per batch size")
     args = p.parse_args()
     sizes = tuple(int(b) for b in args.batch_sizes.split(","))
