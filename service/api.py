@@ -32,7 +32,7 @@ from service.answers import Explanation, Prediction, StaleInput
 from service.auth import bearer_matches
 from service.config import Config
 from service.errors import error_response, overloaded
-from service.lifecycle import exit_with_parent
+from service.lifecycle import exit_with_parent, remove_stale_server_files
 from service.logs import configure_json_logging
 from service.metrics import DECODE_SECONDS, PREDICTIONS, REJECTED, metrics_endpoint, observe_answer
 from service.model_client import LocalModel
@@ -89,6 +89,7 @@ class ClassifierApi:
         configure_json_logging()
         if bentoml.server_context.worker_index is not None:  # a worker of `bentoml serve`, not a test's app
             exit_with_parent()
+            remove_stale_server_files()
         self.config = config
         self.model_client = model_client
         self.decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)  # bounds decoding CPU and memory

@@ -3,7 +3,8 @@ listening socket.
 
 - :func:`exit_with_parent`: if the server is killed outright (SIGKILL, OOM killer) its workers would go on holding
   the port and the model; each stops itself instead.
-- :func:`shared_slots`: int64 slots in a file every worker of the server maps (:func:`server_file`), one per worker.
+- :func:`shared_slots`: int64 slots in a file every worker of the server maps (:func:`server_file`), one per worker;
+  :func:`remove_stale_server_files` removes the files of servers that are gone.
 - :class:`ServingWorkers`: which workers serve a model now; the server is ready when all of them do, since a request
   may reach any of them.
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import re
 import signal
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-__all__ = ["ServingWorkers", "exit_with_parent", "server_file", "shared_slots"]
+__all__ = ["ServingWorkers", "exit_with_parent", "remove_stale_server_files", "server_file", "shared_slots"]
 
 log = logging.getLogger("imgcls.lifecycle")
 SLOTS = 256  # workers of one server that can share a file of slots (their indexes start at 1)
@@ -62,8 +64,43 @@ def _shares_a_socket(pid: int) -> bool:
 
 
 def server_file(name: str) -> Path:
-    """A file the workers of one server share: named after their parent process, the server."""
-    return Path(tempfile.gettempdir()) / f"imgcls-{name}-{os.getppid()}"
+    """A file the workers of one server share: named after their parent process, the server, and its start time
+    (a later server given the same pid must not read this one's slots)."""
+    server = os.getppid()
+    return Path(tempfile.gettempdir()) / f"{_PREFIX}{name}-{server}-{_start_time(server)}"
+
+
+_PREFIX = "imgcls-"
+_SERVER_FILE = re.compile(re.escape(_PREFIX) + r"[a-z]+-(\d+)(?:-(\d+))?")  # releases before 2026-12-05: no time
+
+
+def _start_time(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot; /proc/PID/stat field 22); 0 where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def remove_stale_server_files() -> int:
+    """Remove this user's server files (:func:`server_file`) whose server is gone, or is another process with
+    the same pid now; returns how many. A server stopped or killed leaves its files behind: each worker that
+    starts clears those of earlier servers."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        match = _SERVER_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        pid, started = int(match[1]), match[2] and int(match[2])
+        try:
+            if path.stat().st_uid != os.getuid() or (_alive(pid) and started in (None, _start_time(pid))):
+                continue
+            path.unlink()
+            removed += 1
+        except OSError:  # removed meanwhile by another server's worker
+            continue
+    return removed
 
 
 def shared_slots(path: Path) -> memoryview:

@@ -7,7 +7,7 @@ one reference assignment, so in-flight batches finish on the session they starte
 step is refused (logged, counted) and the old one keeps serving; ``MODEL=current`` follows promotions by polling.
 
 Every worker process holds its own model. A reload asked of one worker (``POST /admin/reload``) is passed on to the
-others through a small file they all watch (:data:`SIBLINGS`, named after their common parent, the server process):
+others through a small file they all watch (:func:`service.lifecycle.server_file`, named after their server):
 they reload within a second. The server is ready only while every worker serves a model
 (:class:`service.lifecycle.ServingWorkers`): a request may reach any of them.
 """
@@ -31,12 +31,9 @@ from service.config import Config
 from service.lifecycle import ServingWorkers, server_file
 from service.metrics import MODEL_INFO, RELOAD_FAILURES
 
-__all__ = ["SIBLINGS", "ModelHolder"]
+__all__ = ["ModelHolder"]
 
 log = logging.getLogger("imgcls.model")
-# Where a worker tells its siblings (the other workers of one server) to reload.
-SIBLINGS = server_file("reload")
-
 
 class ModelHolder:
     """Holds the serving :class:`OnnxClassifier`; ``classifier`` raises a 503 :class:`ModelError` while there is
@@ -50,6 +47,7 @@ class ModelHolder:
         self.refused: str | None = None
         self.last_error: str | None = None
         self.serving = ServingWorkers(server_file("serving"), bentoml.server_context.worker_index, config.workers)
+        self.siblings = server_file("reload")  # where a worker tells the other workers of its server to reload
 
     @property
     def ready(self) -> bool:
@@ -104,12 +102,12 @@ class ModelHolder:
             return {"version": new.version, "previous": old and old.version, "changed": True}
 
     def reload_everywhere(self) -> dict[str, Any]:
-        """:meth:`reload` here, and in every other worker of this server (they watch :data:`SIBLINGS`)."""
+        """:meth:`reload` here, and in every other worker of this server (they watch ``self.siblings``)."""
         try:
             return self.reload()
         finally:
             if self.config.workers > 1:
-                write_atomic(SIBLINGS, uuid.uuid4().hex)
+                write_atomic(self.siblings, uuid.uuid4().hex)
 
     def withdraw(self, model: OnnxClassifier, reason: str) -> None:
         """Stop serving ``model`` after it failed at inference time (readiness turns 503 until a good version is
@@ -127,11 +125,11 @@ class ModelHolder:
             threading.Thread(target=self._watch, args=(follows,), name="model-watcher", daemon=True).start()
 
     def _watch(self, follows: bool) -> None:
-        asked = _read(SIBLINGS)
+        asked = _read(self.siblings)
         while True:
             time.sleep(self.config.poll_seconds if follows else 1.0)
             try:
-                signal = _read(SIBLINGS)
+                signal = _read(self.siblings)
                 if signal != asked:  # another worker was asked to reload
                     asked = signal
                     self.reload()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from imgcls.cpus import usable_cpus
 from imgcls.registry import Registry
 from service.config import Config
 from service.keepalive import ConnectionRecycle, WorkerLoads
-from service.lifecycle import ServingWorkers
+from service.lifecycle import ServingWorkers, remove_stale_server_files, server_file
 from service.middleware import KEEPALIVE_REQUESTS, ApiLayers
 from service.model_holder import ModelHolder
 from tests.conftest import ROOT
@@ -200,6 +201,23 @@ def test_the_server_is_ready_only_when_every_worker_serves_a_model(tmp_path: Pat
     assert not alone.all_serving()
     alone.mark(True)
     assert alone.all_serving()
+
+
+def test_the_files_of_servers_that_are_gone_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stopped or killed server leaves its workers' shared files behind; the next worker to start removes them,
+    and a server given the pid of an earlier one does not take that one's files for its own."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mine = server_file("load")  # this process's parent stands for the server: it lives
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = [tmp_path / f"imgcls-serving-{gone}-4242", tmp_path / f"imgcls-load-{gone}",  # a server that is gone
+             tmp_path / f"imgcls-reload-{os.getpid()}-1"]  # an earlier server with the pid this process has now
+    kept = [mine, tmp_path / f"imgcls-load-{os.getppid()}", tmp_path / "imgcls-notes.txt"]
+    for path in stale + kept:
+        path.write_text("")
+    assert mine.name.startswith(f"imgcls-load-{os.getppid()}-") and mine != server_file("serving")
+    assert remove_stale_server_files() == len(stale)
+    assert [p.exists() for p in stale + kept] == [False] * len(stale) + [True] * len(kept)
 
 
 SERVER = """
