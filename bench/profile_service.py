@@ -5,7 +5,8 @@
 
 Starts ``imgcls serve`` (``--env`` settings on top), warms it up, loads it with ``--clients`` clients posting the
 test photos as multipart uploads (as ``bench.bench_peers`` does) for about ``--seconds``, and prints:
-- the CPU per request of the whole process tree, and of each of its threads grouped by name (``/proc/*/task``);
+- the CPU per request of the whole process tree, and of each of its threads grouped by name (``/proc/*/task``), with
+  their minor page faults (memory the kernel had to map afresh);
 - with ``--pyspy`` (py-spy on the registry: ``pip install py-spy``), py-spy's samples of the worker process during
   the load (``--native``; samples of waiting threads left out), summed by stage of the request path. py-spy sees
   Python threads only: ONNX Runtime's and OpenBLAS's own threads show in the per-thread CPU, not here.
@@ -35,8 +36,8 @@ from tests.live_server import server_process as server
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def thread_ticks(pids: list[int]) -> dict[tuple[int, int, str], int]:
-    """utime + stime of every thread of ``pids``, keyed (pid, tid, thread name)."""
+def thread_ticks(pids: list[int]) -> dict[tuple[int, int, str], tuple[int, int]]:
+    """(utime + stime, minor page faults) of every thread of ``pids``, keyed (pid, tid, thread name)."""
     out = {}
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -46,7 +47,7 @@ def thread_ticks(pids: list[int]) -> dict[tuple[int, int, str], int]:
                 continue
             name = stat[stat.index("(") + 1: stat.rindex(")")]
             fields = stat.rsplit(")", 1)[1].split()
-            out[(pid, int(task.name), name)] = int(fields[11]) + int(fields[12])
+            out[(pid, int(task.name), name)] = int(fields[11]) + int(fields[12]), int(fields[7])
     return out
 
 
@@ -141,12 +142,16 @@ def main() -> None:
     print(f"{args.clients} clients: {run['rps']:.1f} req/s, p99 {run['p99_ms']:.0f} ms, "
           f"whole tree {cpu_ms:.2f} ms of CPU per request ({len(pids)} processes)")
     groups: collections.Counter = collections.Counter()
-    for key, t in after.items():
-        groups[(key[0], _group(key[2]))] += t - before.get(key, 0)
+    faults: collections.Counter = collections.Counter()
+    for key, (t, f) in after.items():
+        t0, f0 = before.get(key, (0, 0))
+        groups[(key[0], _group(key[2]))] += t - t0
+        faults[(key[0], _group(key[2]))] += f - f0
     for (pid, name), ticks in groups.most_common():
         if ticks:
-            print(f"  pid {pid:7} {name:28} {1000 * ticks / _TICK / total:6.2f} ms/request")
-    busiest = sorted(((t - before.get(k, 0), k) for k, t in after.items()), reverse=True)[:8]
+            print(f"  pid {pid:7} {name:28} {1000 * ticks / _TICK / total:6.2f} ms/request, "
+                  f"{faults[(pid, name)] / total:6.1f} minor page faults/request")
+    busiest = sorted(((t - before.get(k, (0, 0))[0], k) for k, (t, _) in after.items()), reverse=True)[:8]
     print("  busiest threads: " + ", ".join(f"tid {k[1]} {1000 * t / _TICK / total:.2f}" for t, k in busiest if t))
     if args.pyspy:
         print("py-spy samples of the busiest process (every Python thread, native frames; the samples that were not "
