@@ -35,6 +35,7 @@ __all__ = ["ModelHolder"]
 
 log = logging.getLogger("imgcls.model")
 
+
 class ModelHolder:
     """Holds the serving :class:`OnnxClassifier`; ``classifier`` raises a 503 :class:`ModelError` while there is
     none."""
