@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         target = [] if rest and not rest[0].startswith("-") else [SERVICE]
         defaults = [] if "--timeout-keep-alive" in rest else ["--timeout-keep-alive", KEEP_ALIVE_S]
         cmd = [sys.executable, "-m", "bentoml", "serve", *target, *rest, *defaults]
+        # BentoML reports usage to its makers unless told not to (as ONNX Runtime would: imgcls/__init__.py);
+        # BENTOML_DO_NOT_TRACK=false in the environment allows it.
+        os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
         sys.stdout.flush()
         os.execv(sys.executable, cmd)
     print(f"imgcls: unknown command {command!r}; choose from {', '.join([*TRAINING_COMMANDS, 'batch', 'serve'])}",

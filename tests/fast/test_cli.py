@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from cli.main import main
 from imgcls.registry import Registry
 from tests import synthetic
 from tests.conftest import ROOT, TINY_CLASSES, child_env
+from tests.live_server import free_port
 
 
 def imgcls(capsys, *args: str) -> tuple[int, str, str]:
@@ -115,6 +117,27 @@ def test_list_show_and_promote(capsys, tiny_copy) -> None:
     assert rc == 0 and f"-> {version}" in out
     log = [json.loads(line) for line in (tiny_copy / "promotions.jsonl").read_text().splitlines()]
     assert log[-1]["reason"] == "test" and log[-1]["version"] == version
+
+
+def test_serve_hands_over_with_bentoml_usage_tracking_off(tmp_path: Path) -> None:
+    """``imgcls serve`` becomes ``bentoml serve`` (the same process); BentoML's usage reports are off in it unless
+    the user set ``BENTOML_DO_NOT_TRACK`` (Makefile and Bento set it too)."""
+    env = {k: v for k, v in child_env(ARTIFACTS_DIR=str(tmp_path)).items() if k != "BENTOML_DO_NOT_TRACK"}
+    for given, expected in ((None, "true"), ("false", "false")):
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--port", str(free_port())], cwd=ROOT,
+                                env=env if given is None else {**env, "BENTOML_DO_NOT_TRACK": given},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while b"bentoml" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():  # not yet exec'd
+                assert time.monotonic() < deadline and proc.poll() is None, "imgcls serve never became bentoml"
+                time.sleep(0.05)
+            environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+                           if b"=" in item)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        assert environ.get(b"BENTOML_DO_NOT_TRACK") == expected.encode()
 
 
 def test_python_m_forms_and_serve_hands_over_to_bentoml() -> None:
