@@ -21,6 +21,10 @@ import sys
 import onnxruntime
 onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 """
+# The wheel records nothing where one of these says it runs under CI (the names are in its binary; `CI` checked
+# by hand): the bare run below must look like a user's machine, or it proves nothing.
+CI_MARKERS = {"CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL",
+              "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "BITBUCKET_BUILD_NUMBER"}
 
 
 def test_onnx_runtime_keeps_and_sends_no_telemetry(tmp_path: Path) -> None:
@@ -29,7 +33,7 @@ def test_onnx_runtime_keeps_and_sends_no_telemetry(tmp_path: Path) -> None:
     conditions, does: the check can fail)."""
     registry = Registry(tmp_path / "artifacts")
     model_dir = registry.resolve(add_tiny_version(registry))
-    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY" and k not in CI_MARKERS}
     caches = {}
     for name, code, arg in (("project", SESSION, model_dir), ("bare", BARE, model_dir / ONNX_FILE)):
         home = tmp_path / name
