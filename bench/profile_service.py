@@ -1,7 +1,7 @@
 """Where a loaded service spends its CPU: per-thread CPU from ``/proc`` and py-spy's sampled stacks.
 
     python -m bench.profile_service [--artifacts DIR] [--clients 16] [--seconds 15] [--env K=V ...] [--pyspy]
-                                    [--raw OUT.txt]
+                                    [--raw OUT.txt] [--server-cpus 0]
 
 Starts ``imgcls serve`` (``--env`` settings on top), warms it up, loads it with ``--clients`` clients posting the
 test photos as multipart uploads (as ``bench.bench_peers`` does) for about ``--seconds``, and prints:
@@ -10,6 +10,7 @@ test photos as multipart uploads (as ``bench.bench_peers`` does) for about ``--s
 - with ``--pyspy`` (py-spy on the registry: ``pip install py-spy``), py-spy's samples of the worker process during
   the load (``--native``; samples of waiting threads left out), summed by stage of the request path. py-spy sees
   Python threads only: ONNX Runtime's and OpenBLAS's own threads show in the per-thread CPU, not here.
+``--server-cpus`` pins the server (``taskset``) apart from the load generator (run this under ``taskset`` on others).
 The machine's load average is printed too: other jobs on a shared machine move every figure.
 """
 from __future__ import annotations
@@ -114,6 +115,7 @@ def main() -> None:
     p.add_argument("--env", action="append", default=[], metavar="K=V")
     p.add_argument("--pyspy", action="store_true")
     p.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
+    p.add_argument("--server-cpus", help="the CPUs the server is pinned to (taskset -c), e.g. 0")
     args = p.parse_args()
 
     model_dir = Registry(args.artifacts).resolve(args.model)
@@ -122,7 +124,8 @@ def main() -> None:
     launch = _service(**dict(kv.split("=", 1) for kv in args.env))(model_dir, port, Path(tempfile.gettempdir()), "")
     log = Path(tempfile.gettempdir()) / "profile_service.log"
     print(f"load average {os.getloadavg()[0]:.1f}; settings {args.env or 'default'}", flush=True)
-    with server(launch.cmd, port, {**launch.env, TAG: tag}, log) as base:
+    cmd = ["taskset", "-c", args.server_cpus, *launch.cmd] if args.server_cpus else launch.cmd
+    with server(cmd, port, {**launch.env, TAG: tag}, log) as base:
         rps = load(base, bodies, args.clients, 8 * args.clients, field=FIELD)["rps"]  # warm-up, and the rate
         total = max(2 * args.clients, round(rps * args.seconds))
         pids = sorted(tree_ticks(tag))
