@@ -175,16 +175,17 @@ def _tune_the_allocator() -> None:
     resident; with this, +3 MB). A fixed threshold also fixes glibc's trim threshold at 128 kB, which gave every
     image's buffers (a few hundred kB each) back to the kernel and took them again page by page: about 150 page
     faults and 0.2-0.3 ms of CPU per image (docs/request_path.md). Up to 32 MB of freed small blocks stay in
-    the process instead. Skipped where the operator set ``MALLOC_MMAP_THRESHOLD_`` or the C library is not glibc."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
+    the process instead. Each threshold is left as it is where the operator set its variable
+    (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``); both where the C library is not glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # glibc's public tuning call (malloc.h)
     except AttributeError as e:
         log.debug("could not tune the allocator: %s", e)
         return
-    mallopt(-3, 4 << 20)  # -3: M_MMAP_THRESHOLD
-    mallopt(-1, 32 << 20)  # -1: M_TRIM_THRESHOLD
+    for variable, param, value in (("MALLOC_MMAP_THRESHOLD_", -3, 4 << 20),  # -3: M_MMAP_THRESHOLD
+                                   ("MALLOC_TRIM_THRESHOLD_", -1, 32 << 20)):  # -1: M_TRIM_THRESHOLD
+        if variable not in os.environ:
+            mallopt(param, value)
 
 
 _log_pil_warnings()
